@@ -1,0 +1,92 @@
+# vigil — build, test, bench, demo, install.
+#   make            build everything (release-ish: -O2 -g)
+#   make test       unit + integration tests, normally and under ASan+UBSan
+#   make demo       install deps, build, run the built-in demo
+#   make bench      benchmarks on real-shaped random-weight checkpoints
+#   make install    PREFIX=/usr/local DESTDIR=
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+BUILD    ?= build
+# Extra flags for one build flavour (the sanitizer build sets these).
+SAN_FLAGS ?=
+OPT      ?= -O2
+PKGS     := libavformat libavcodec libswscale libavutil libzmq libuv libcjson libpcre2-8 libutf8proc libsystemd cmocka
+CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -march=native -pthread -fopenmp \
+            -I. $(shell pkg-config --cflags $(PKGS)) $(SAN_FLAGS) $(EXTRA_CFLAGS)
+LDLIBS   := $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -pthread -fopenmp
+LDFLAGS  := $(SAN_FLAGS)
+
+# Layers, in data-flow order. Every .c file in a layer folder goes into libvigil.a except the
+# program entry points listed in PROGRAM_MAINS.
+LAYERS        := ingest model daemon protocol clients
+PROGRAM_MAINS := daemon/vigild.c clients/vigil.c
+LIB_SRCS      := $(filter-out $(PROGRAM_MAINS),$(wildcard $(addsuffix /*.c,$(LAYERS))))
+LIB_OBJS      := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_SUPPORT  := $(wildcard tests/support/*.c)
+TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
+
+TOOL_SRCS  := $(wildcard tools/*.c)
+BENCH_SRCS := $(wildcard bench/*.c)
+TEST_SRCS  := $(wildcard tests/test_*.c)
+FUZZ_SRCS  := $(wildcard tests/fuzz/*.c)
+
+PROGRAMS := $(patsubst %.c,$(BUILD)/bin/%,$(notdir $(PROGRAM_MAINS) $(TOOL_SRCS)))
+PROGRAMS := $(subst _,-,$(PROGRAMS))
+BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+
+.PHONY: all deps test unit-tests test-asan bench demo install clean fuzz soak
+all: $(PROGRAMS) $(TESTS) $(BENCHES)
+
+deps:
+	@./tools/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libvigil.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+# Program names use dashes: tools/gen_checkpoint.c -> build/bin/vigil-gen-checkpoint is not
+# implied; a tool's file name with underscores becomes the binary name with dashes.
+define program_rule
+$(BUILD)/bin/$(subst _,-,$(notdir $(basename $(1)))): $(BUILD)/obj/$(basename $(1)).o $(BUILD)/libvigil.a
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach p,$(PROGRAM_MAINS) $(TOOL_SRCS),$(eval $(call program_rule,$(p))))
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/libvigil.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD)/libvigil.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Tests run twice: the normal build, then the ASan+UBSan build of the same tests.
+ASAN_BUILD := build/asan
+test: deps
+	$(MAKE) all
+	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(filter %/vigild %/vigil,$(PROGRAMS)))
+	./tests/run-tests.sh $(BUILD) $(ASAN_BUILD)
+
+unit-tests: all
+	./tests/run-tests.sh $(BUILD)
+
+bench: deps all
+	./bench/run-bench.sh $(BUILD)
+
+demo: deps all
+	./tools/demo.sh $(BUILD)
+
+install: all
+	./tools/install.sh "$(BUILD)" "$(DESTDIR)" "$(PREFIX)"
+
+clean:
+	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(BUILD)/bench $(BUILD)/libvigil.a $(ASAN_BUILD)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
