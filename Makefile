@@ -11,7 +11,7 @@ BUILD    ?= build
 # Extra flags for one build flavour (the sanitizer build sets these).
 SAN_FLAGS ?=
 OPT      ?= -O2
-PKGS     := libavformat libavcodec libswscale libavutil libzmq libuv libcjson libpcre2-8 libutf8proc libsystemd cmocka
+PKGS     := libavformat libavdevice libavcodec libswscale libavutil libzmq libuv libcjson libpcre2-8 libutf8proc libsystemd cmocka
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -march=native -pthread -fopenmp \
             -I. $(shell pkg-config --cflags $(PKGS)) $(SAN_FLAGS) $(EXTRA_CFLAGS)
 LDLIBS   := $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -pthread -fopenmp
@@ -67,10 +67,35 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD)/libvigil.
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Fuzzing: clang + libFuzzer, self-contained (own compiler, flags and object tree under
+# build/fuzz/) so the gcc build is untouched. Every tests/fuzz/x.c becomes build/fuzz/x, linked
+# with protocol/*.c compiled by clang. tests/test_fuzz_smoke.c runs build/fuzz/fuzz_request.
+FUZZ_BUILD    := build/fuzz
+FUZZ_CC       := clang
+FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer \
+                 -pthread -I. $(shell pkg-config --cflags libcjson libzmq)
+FUZZ_LIBS     := $(shell pkg-config --libs libcjson libzmq) -lm -pthread
+FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(wildcard protocol/*.c))
+FUZZ_OBJS     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_SRCS))
+FUZZERS       := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRCS))
+
+fuzz: $(FUZZERS)
+
+$(FUZZ_LIB_OBJS) $(FUZZ_OBJS): $(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) -MMD -MP -c $< -o $@
+
+$(FUZZERS): $(FUZZ_BUILD)/%: $(FUZZ_BUILD)/obj/tests/fuzz/%.o $(FUZZ_LIB_OBJS)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+
 # Tests run twice: the normal build, then the ASan+UBSan build of the same tests.
 ASAN_BUILD := build/asan
 test: deps
 	$(MAKE) all
+	$(MAKE) fuzz
 	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(filter %/vigild %/vigil,$(PROGRAMS)))
 	./tests/run-tests.sh $(BUILD) $(ASAN_BUILD)
 
@@ -87,6 +112,6 @@ install: all
 	./tools/install.sh "$(BUILD)" "$(DESTDIR)" "$(PREFIX)"
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(BUILD)/bench $(BUILD)/libvigil.a $(ASAN_BUILD)
+	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(BUILD)/bench $(BUILD)/libvigil.a $(ASAN_BUILD) $(FUZZ_BUILD)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -4,6 +4,10 @@
 
 #include "protocol/protocol.h"
 
+/* Length of the valid UTF-8 sequence at s[0..n) (n >= 1), 0 if invalid, or -k if s holds a
+ * valid but incomplete prefix of k bytes (n too short). */
+int proto_utf8_seq(const unsigned char *s, size_t n);
+
 /* Length of a UTF-8-safe cut of s[0..n) to at most max bytes (never splits a sequence). */
 size_t proto_utf8_cut(const char *s, size_t n, size_t max);
 

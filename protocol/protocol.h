@@ -103,10 +103,12 @@ typedef struct proto_limits {
     uint64_t max_cache_bytes;        /* (P) default 64 GiB */
     double min_watch_interval_s;     /* (P) smallest every_seconds; default 1 */
     /* (P) comma-separated URL protocols a stream may use ("file" covers plain paths); NULL
-     * allows any. Default "rtsp,rtsps,rtmp,rtmps,http,https,hls,srt,udp,rtp,tcp,file".
-     * A daemon reachable from other hosts should drop "file". The string is not copied. */
+     * allows any. Default "rtsp,rtsps,rtmp,rtmps,http,https,hls,srt,udp,rtp,tcp,v4l2":
+     * network sources and cameras only, so a remote client cannot make the daemon read local
+     * files; an operator adds "file" deliberately.
+     * The string is not copied. */
     const char *allowed_url_schemes;
-    bool allow_image_path;           /* (P) image {"path"}; default true (see above) */
+    bool allow_image_path;           /* (P) image {"path"}; default false (see above) */
     int max_streams;                 /* (D) default 16 */
     int max_watches;                 /* (D) default 64 */
     int max_queue_depth;             /* (D) queued queries/images; default 32 */
@@ -343,7 +345,8 @@ typedef enum proto_stream_state {
 } proto_stream_state;
 const char *proto_stream_state_name(proto_stream_state s);
 
-/* Generic PUB payload {"v":1,"event":event,"time":RFC 3339 now, ...body}. */
+/* Generic PUB payload {"v":1,"event":event,"time":RFC 3339 now, ...body}. Body members must
+ * be UTF-8 (the daemon's own data); members named v, id, ok, event or error are dropped. */
 char *proto_event_pub(const char *event, cJSON *body);
 /* {"event":"stream.state","stream","state","detail"(if not NULL)} */
 char *proto_event_stream_state(const char *stream, proto_stream_state state, const char *detail);
@@ -478,6 +481,10 @@ typedef struct proto_client proto_client;
  * Connecting does not wait for the daemon: a missing daemon shows up as a timeout. */
 proto_client *proto_client_connect(const char *endpoint, const proto_curve_keys *keys,
                                    char *err, size_t errlen);
+/* The same on a caller's ZeroMQ context (needed for inproc:// endpoints, which only connect
+ * within one context). zmq_ctx must outlive the client; NULL behaves like proto_client_connect. */
+proto_client *proto_client_connect_ctx(void *zmq_ctx, const char *endpoint,
+                                       const proto_curve_keys *keys, char *err, size_t errlen);
 void proto_client_close(proto_client *c);
 
 /* Called for each intermediate frame (token events) of a request. Return nonzero to stop
@@ -491,8 +498,9 @@ typedef int (*proto_frame_fn)(void *user, const cJSON *frame);
  * "id": null is taken as this request's (the daemon could not read the id). timeout_ms bounds
  * the wait for each frame, not the whole answer (< 0: wait forever).
  * Returns 0, or a negative errno: -ETIMEDOUT (no frame in time), -ECANCELED (callback),
- * -EINVAL (request_json unusable), -EPROTO (a frame was not JSON), -EIO (socket error);
- * err says which, with a hint (is vigild running? CURVE handshake rejected?). */
+ * -EINTR (a signal interrupted the wait: the CLI's Ctrl-C), -EINVAL (request_json unusable),
+ * -EPROTO (a frame was not a JSON object), -EIO (socket error), -ENOMEM; err says which, with
+ * a hint on timeouts (is vigild running? CURVE handshake rejected?). */
 int proto_client_request(proto_client *c, const char *request_json, int timeout_ms,
                          proto_frame_fn on_frame, void *user, cJSON **final,
                          char *err, size_t errlen);
@@ -512,6 +520,10 @@ typedef struct proto_subscriber proto_subscriber;
 proto_subscriber *proto_subscriber_connect(const char *endpoint, const proto_curve_keys *keys,
                                            const char *const *topics, size_t n_topics,
                                            char *err, size_t errlen);
+proto_subscriber *proto_subscriber_connect_ctx(void *zmq_ctx, const char *endpoint,
+                                               const proto_curve_keys *keys,
+                                               const char *const *topics, size_t n_topics,
+                                               char *err, size_t errlen);
 void proto_subscriber_close(proto_subscriber *s);
 /* Receives one event. *topic and *json are malloc'ed NUL-terminated (free()); *event (if not
  * NULL) gets the parsed JSON (cJSON_Delete). Returns 0, -ETIMEDOUT, -EPROTO (a malformed event

@@ -21,7 +21,7 @@ for build in "$@"; do
             timeout --kill-after=10 "${TEST_TIMEOUT:-900}" "$t" >"$log" 2>&1
         rc=$?
         ok=$(grep -c '^\[       OK \]' "$log")
-        bad=$(grep -E '^\[  (FAILED|ERROR)   ?\] [A-Za-z_]' "$log" | grep -vc 'test(s)')
+        bad=$(grep -E '^\[  (FAILED|ERROR)   ?\] [A-Za-z_]' "$log" | grep -v 'test(s)' | sort -u | wc -l)
         if ! grep -qE '^\[  (PASSED|FAILED)  \] [0-9]+ test' "$log" && [ "$rc" -ne 0 ]; then
             bad=$((bad + 1))
         elif [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then
