@@ -25,10 +25,12 @@ typedef struct model_text_config {
     int max_position_embeddings;
     double rms_norm_eps;
     double rope_theta;
-    int mrope_section[3];         /* T, H, W frequency counts */
+    char rope_type[16];           /* "default": the only RoPE Qwen3-VL uses (others are refused) */
+    int mrope_section[3];         /* T, H, W frequency counts; sum == head_dim / 2 */
     bool mrope_interleaved;
     bool attention_bias;
-    bool tie_word_embeddings;
+    bool tie_word_embeddings;     /* top-level key first (what upstream uses), else text_config's */
+    char hidden_act[32];          /* "silu" (checked: the only activation implemented) */
     /* MoE (model_type qwen3_vl_moe); num_experts == 0 for dense checkpoints */
     int num_experts;
     int num_experts_per_tok;
@@ -36,6 +38,7 @@ typedef struct model_text_config {
     bool norm_topk_prob;
     int decoder_sparse_step;
     bool layer_is_moe[MODEL_MAX_LAYERS]; /* derived from decoder_sparse_step and mlp_only_layers */
+    int num_moe_layers;           /* count of layer_is_moe */
 } model_text_config;
 
 typedef struct model_vision_config {
@@ -51,10 +54,16 @@ typedef struct model_vision_config {
     int num_position_embeddings;
     int num_deepstack;
     int deepstack_visual_indexes[MODEL_MAX_DEEPSTACK];
-    char hidden_act[32];          /* "gelu_pytorch_tanh" in every published checkpoint */
+    char hidden_act[32];          /* "gelu_pytorch_tanh" (checked: the only one implemented) */
+    int head_dim;                 /* derived: hidden_size / num_heads */
 } model_vision_config;
 
-/* Qwen processor settings (preprocessor_config.json / video_preprocessor_config.json). */
+/* Qwen processor settings (preprocessor_config.json / video_preprocessor_config.json).
+ * Defaults when a file or key is absent: images use the values every published Qwen3-VL
+ * preprocessor_config.json holds (65536 / 16777216 pixels; the image processor class's own
+ * defaults are Qwen2-VL's 14-px ones and would not fit this model), videos use
+ * Qwen3VLVideoProcessor's class defaults (131072 / 786432 pixels, fps 2, 4..768 frames).
+ * patch/temporal/merge sizes in these files must agree with vision_config. */
 typedef struct model_processor_config {
     long image_min_pixels;        /* size.shortest_edge */
     long image_max_pixels;        /* size.longest_edge */
@@ -65,7 +74,24 @@ typedef struct model_processor_config {
     int video_max_frames;         /* default 768 */
     float image_mean[3];
     float image_std[3];
+    float video_mean[3];
+    float video_std[3];
+    int patch_size;               /* = vision_config.patch_size */
+    int temporal_patch_size;      /* = vision_config.temporal_patch_size */
+    int merge_size;               /* = vision_config.spatial_merge_size */
 } model_processor_config;
+
+/* generation_config.json sampling defaults (upstream GenerationConfig defaults when absent:
+ * greedy, temperature 1, top_k 50, top_p 1, repetition_penalty 1). */
+typedef struct model_generation_config {
+    bool do_sample;
+    double temperature;
+    int top_k;
+    double top_p;
+    double repetition_penalty;
+    int bos_token_id;             /* -1 when not given */
+    int pad_token_id;             /* -1 when not given */
+} model_generation_config;
 
 typedef struct model_config {
     char model_type[32];          /* "qwen3_vl" or "qwen3_vl_moe" */
@@ -77,18 +103,38 @@ typedef struct model_config {
     int video_token_id;
     int vision_start_token_id;
     int vision_end_token_id;
-    int num_eos;                  /* from generation_config.json; empty when it names none */
+    /* generation_config.json's eos_token_id (an int or a list); when that file has none,
+     * config.json's (top level, then text_config), as upstream's from_model_config does;
+     * empty when no file names one. */
+    int num_eos;
     int eos_token_ids[MODEL_MAX_EOS];
-    char torch_dtype[16];         /* "bfloat16", ... as written in config.json */
+    char torch_dtype[16];         /* "bfloat16", ... as written in config.json ("dtype" or
+                                     "torch_dtype"); empty when absent */
+    model_generation_config generation;
 } model_config;
 
 /* Reads the configuration files of checkpoint folder `dir`. config.json is required;
  * generation_config.json and the processor files are optional (upstream defaults apply).
+ * Both the v4 layout (text_config.rope_scaling + rope_theta) and the v5 one
+ * (text_config.rope_parameters) are read. Everything is validated (types, ranges, head
+ * counts, mrope_section vs head_dim, DeepStack indexes vs depth, token ids vs vocab).
  * Returns 0, or -1 with a message naming the file and the key in err. */
 int model_config_load(const char *dir, model_config *cfg, char *err, size_t errlen);
 
-/* Parses a config.json text (used by the loader and by the checkpoint generator's tests). */
+/* Parses a config.json text (used by the loader and by the checkpoint generator's tests).
+ * The processor and generation settings get their defaults; eos ids come from config.json's
+ * eos_token_id if it has one. */
 int model_config_parse_json(const char *json_text, const char *filename, model_config *cfg,
                             char *err, size_t errlen);
+
+/* Applies a generation_config.json / preprocessor_config.json / video_preprocessor_config.json
+ * text to a parsed configuration (filename is used in messages). */
+int model_config_parse_generation(const char *json_text, const char *filename, model_config *cfg,
+                                  char *err, size_t errlen);
+int model_config_parse_processor(const char *json_text, const char *filename, bool video,
+                                 model_config *cfg, char *err, size_t errlen);
+
+/* Whether text decoder layer i has a sparse MoE block (false for out-of-range i). */
+bool model_config_layer_is_moe(const model_config *cfg, int layer);
 
 #endif

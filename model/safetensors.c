@@ -964,11 +964,18 @@ static int st_write_file(st_wtensor **list, size_t n, const char *path, char *er
     size_t used = 0;
     for (size_t i = 0; i < n; i++) {
         const st_wtensor *t = order[i];
-        size_t done = 0;
+        size_t done = 0, esz = st_dtype_size(t->dtype);
         while (done < t->nbytes) {
-            size_t chunk = t->nbytes - done;
-            if (chunk > ST_WRITE_BUF - used)
-                chunk = ST_WRITE_BUF - used;
+            /* Chunks hold whole elements, so fill callbacks never see half a value. */
+            size_t chunk = t->nbytes - done, room = ST_WRITE_BUF - used;
+            if (chunk > room)
+                chunk = room - room % esz;
+            if (chunk == 0) {
+                if (st_write_all(fd, buf, used, tmp, err, errlen) != 0)
+                    goto out;
+                used = 0;
+                continue;
+            }
             if (t->fill)
                 t->fill(t->ctx, buf + used, done, chunk);
             else

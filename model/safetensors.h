@@ -78,8 +78,8 @@ uint16_t st_f32_to_f16(float f);
 typedef struct st_writer st_writer;
 st_writer *st_writer_create(void);
 /* Adds a tensor whose bytes are produced at save time by fill(ctx, dst, offset, nbytes),
- * called in chunks with increasing offsets, so multi-GB checkpoints are written without
- * holding them in memory. fill may be NULL with ctx pointing at nbytes of data to copy (it
+ * called in chunks with increasing offsets (offset and nbytes are whole elements; dst may be
+ * unaligned), so multi-GB checkpoints are written without holding them in memory. fill may be NULL with ctx pointing at nbytes of data to copy (it
  * must stay valid until the save). Returns 0, or -1 for invalid arguments (bad dtype, ndim,
  * negative or overflowing shape, empty or duplicate name); the reason is then reported by the
  * next st_writer_save / st_writer_save_sharded. */
