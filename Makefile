@@ -96,7 +96,7 @@ ASAN_BUILD := build/asan
 test: deps
 	$(MAKE) all
 	$(MAKE) fuzz
-	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(filter %/vigild %/vigil,$(PROGRAMS)))
+	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(PROGRAMS))
 	./tests/run-tests.sh $(BUILD) $(ASAN_BUILD)
 
 unit-tests: all

@@ -49,9 +49,11 @@
 #define INGEST_DEFAULT_IMAGE_MAX_PIXELS 16777216L
 
 /* Default protocol allow-list: network sources and V4L2 only. No file, concat, subfile,
- * data, pipe, fd: a remote client must not make the daemon read local files. "hls" is the
- * demuxer-level name; HLS playlists also need http/https (and tcp/tls below them). */
-#define INGEST_DEFAULT_PROTOCOLS "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,hls,v4l2"
+ * data, pipe, fd, cache, async: a remote client must not make the daemon read local files.
+ * HLS playlists need http/https (and tcp/tls below them); "crypto" is the decryption layer
+ * of AES-128 HLS and only ever wraps another protocol that must itself be allowed. */
+#define INGEST_DEFAULT_PROTOCOLS \
+    "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,hls,crypto,srt,rtmp,rtmps,v4l2"
 #define INGEST_DEFAULT_DEVICE_PREFIX "/dev/video"
 
 /* ---- error codes (negative errno style) --------------------------------------------- */
@@ -142,7 +144,8 @@ typedef struct ingest_pair {
     double timestamp;          /* (t0 + t1) / 2: the "<t seconds>" of this pair */
     double wall_time;          /* live sources: unix time (s) the frames arrived, mean of both;
                                   0 for files, images and sequences */
-    int64_t index0, index1;    /* source frame index (decode counter) of each frame */
+    int64_t index0, index1;    /* source frame index of each frame: exact in UPSTREAM
+                                  sampling; in PTS sampling round(media time x source fps) */
     bool repeated;             /* second frame is a copy of the first (odd tail or still image) */
     bool is_image;             /* still image (grid_t 1, frame twice) */
 } ingest_pair;
@@ -214,7 +217,9 @@ typedef struct ingest_options {
                                     default true. Upstream readers do not: set false to match */
 
     /* decoding */
-    int decoder_threads;         /* 0 = auto (FFmpeg chooses) */
+    int decoder_threads;         /* default 1: cheapest per frame, and a 1080p30 stream needs
+                                    ~0.1 core; 0 = FFmpeg's choice (frame threads, more
+                                    CPU and latency, for 4K or high frame rates) */
     bool skip_nonref;            /* discard non-reference frames that cannot be sampled;
                                     default true (PTS sampling only) */
 
@@ -225,7 +230,8 @@ typedef struct ingest_options {
     int reconnect_min_ms;        /* first backoff delay, default 500 */
     int reconnect_max_ms;        /* backoff cap, default 30000 */
     int max_reconnects;          /* consecutive failed attempts before FAILED; -1 = forever (default) */
-    char rtsp_transport[8];      /* "tcp" (default), "udp", or "" for FFmpeg's choice */
+    char rtsp_transport[16];     /* "tcp" (default), "udp", "udp_multicast", "http", or ""
+                                    for FFmpeg's choice */
 
     /* security */
     char protocols[256];         /* comma list of allowed FFmpeg protocols; add "file" to allow
@@ -253,11 +259,13 @@ void ingest_options_set_max_tokens(ingest_options *opt, int tokens);
 int ingest_check_url(const char *url, const ingest_options *opt, char *err, size_t errlen);
 
 typedef struct ingest_stats {
-    uint64_t bytes_read;         /* container bytes read (sum over connections) */
+    uint64_t bytes_read;         /* demuxed packet bytes, all streams, all connections */
     uint64_t packets_read;       /* video packets */
     uint64_t frames_decoded;     /* frames out of the decoder */
     uint64_t frames_sampled;     /* frames converted + resized (repeats not counted) */
-    uint64_t decode_errors;      /* packets the decoder rejected + corrupt frames */
+    uint64_t decode_errors;      /* damaged input seen: packets the demuxer flagged corrupt
+                                    or skipped, packets the decoder rejected, frames it had
+                                    to conceal */
     uint64_t reconnects;         /* successful re-opens after a loss */
     uint64_t pairs_produced;     /* pairs built = popped + dropped + queued */
     uint64_t pairs_popped;
@@ -271,7 +279,8 @@ typedef struct ingest_info {
     char format[32];             /* demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" truncated */
     char codec[32];              /* decoder name */
     int src_width, src_height;   /* as displayed (after autorotation) */
-    int rotation;                /* degrees applied: 0, 90, 180, 270 */
+    int rotation;                /* clockwise degrees applied (0, 90, 180, 270), as the
+                                    ffmpeg CLI and players rotate for the display matrix */
     double src_fps;              /* average frame rate, 0 if unknown */
     double duration;             /* seconds, 0 if unknown / live */
     bool live;

@@ -164,12 +164,20 @@ typedef struct axis_weights {
     float *w;           /* out_size * max_taps */
 } axis_weights;
 
+/* GCC/Clang vector types. Lane-wise + and * are plain IEEE float ops, so using them does
+ * not change any value; the "u" variants allow unaligned loads and stores. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4fu __attribute__((vector_size(16), aligned(4), may_alias));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias));
+
 struct ingest_resizer {
     int src_h, src_w, dst_h, dst_w;
     bool identity;
     axis_weights ax_w;  /* horizontal (applied first, like torch) */
     axis_weights ax_h;
-    float *tmp;         /* src_h * dst_w * 3 after the horizontal pass */
+    float *tmp;         /* src_h * dst_w * 3 (+1 pad) after the horizontal pass */
+    float *rowf;        /* one source row as floats (+1 pad) */
 };
 
 /* PIL/torch cubic convolution, a = -0.5. The two branches promote differently in torch's
@@ -269,7 +277,8 @@ int ingest_resizer_create(ingest_resizer **out, int src_h, int src_w, int dst_h,
     if (!r->identity) {
         if (axis_weights_init(&r->ax_w, src_w, dst_w) ||
             axis_weights_init(&r->ax_h, src_h, dst_h) ||
-            !(r->tmp = malloc(sizeof(float) * (size_t)src_h * (size_t)dst_w * 3))) {
+            !(r->tmp = malloc(sizeof(float) * ((size_t)src_h * (size_t)dst_w * 3 + 4))) ||
+            !(r->rowf = malloc(sizeof(float) * ((size_t)src_w * 3 + 4)))) {
             ingest_resizer_destroy(r);
             set_err(err, errlen, "resize: out of memory for %dx%d -> %dx%d", src_h, src_w,
                     dst_h, dst_w);
@@ -287,6 +296,7 @@ void ingest_resizer_destroy(ingest_resizer *r)
     axis_weights_free(&r->ax_w);
     axis_weights_free(&r->ax_h);
     free(r->tmp);
+    free(r->rowf);
     free(r);
 }
 
@@ -315,66 +325,57 @@ void ingest_resizer_run(ingest_resizer *r, const uint8_t *src, size_t src_stride
             memcpy(dst + (size_t)y * (size_t)dw * 3, src + (size_t)y * src_stride, (size_t)sw * 3);
         return;
     }
-    /* Horizontal pass (the contiguous dim first, as torch does): src rows -> tmp[sh][dw][3]. */
+    const size_t rowlen = (size_t)dw * 3;
+
+    /* Horizontal pass (the contiguous dim first, as torch does): src rows -> tmp[sh][dw][3].
+     * The three channels of a pixel ride in one 4-lane vector, so each output value gets
+     * exactly torch's sequence of float multiplies and adds, in tap order. The 4th lane is
+     * junk that the next pixel's store overwrites (hence one float of padding). */
     const axis_weights *ax = &r->ax_w;
+    float *rowf = r->rowf;
     for (int y = 0; y < sh; y++) {
         const uint8_t *row = src + (size_t)y * src_stride;
-        float *out = r->tmp + (size_t)y * (size_t)dw * 3;
+        for (size_t i = 0; i < (size_t)sw * 3; i++)
+            rowf[i] = (float)row[i];
+        rowf[(size_t)sw * 3] = 0.0f;
+        float *out = r->tmp + (size_t)y * rowlen;
         for (int ox = 0; ox < dw; ox++) {
             const float *wt = ax->w + (size_t)ox * (size_t)ax->max_taps;
-            const uint8_t *p = row + (size_t)ax->xmin[ox] * 3;
+            const float *p = rowf + (size_t)ax->xmin[ox] * 3;
             int n = ax->xsize[ox];
-            float a0 = (float)p[0] * wt[0];
-            float a1 = (float)p[1] * wt[0];
-            float a2 = (float)p[2] * wt[0];
+            v4f acc = *(const v4fu *)p * wt[0];
             for (int j = 1; j < n; j++) {
-                const uint8_t *q = p + (size_t)j * 3;
-                a0 = madd(a0, (float)q[0], wt[j]);
-                a1 = madd(a1, (float)q[1], wt[j]);
-                a2 = madd(a2, (float)q[2], wt[j]);
+                v4f t = *(const v4fu *)(p + (size_t)j * 3) * wt[j];
+                acc = acc + t;
             }
-            out[(size_t)ox * 3 + 0] = a0;
-            out[(size_t)ox * 3 + 1] = a1;
-            out[(size_t)ox * 3 + 2] = a2;
+            *(v4fu *)(out + (size_t)ox * 3) = acc;
         }
     }
-    /* Vertical pass: tmp -> dst. Tap loop outside, row loop inside: same per-element
-     * arithmetic order as torch, and the inner loop vectorizes. */
+
+    /* Vertical pass: tmp -> dst, eight values side by side, taps in torch's order. */
     const axis_weights *ay = &r->ax_h;
-    const size_t rowlen = (size_t)dw * 3;
-    float *acc = malloc(sizeof(float) * rowlen);
-    if (!acc) {
-        /* No memory for one row of floats: fall back to per-element accumulation. */
-        for (int oy = 0; oy < dh; oy++) {
-            const float *wt = ay->w + (size_t)oy * (size_t)ay->max_taps;
-            const float *base = r->tmp + (size_t)ay->xmin[oy] * rowlen;
-            for (size_t x = 0; x < rowlen; x++) {
-                float a = base[x] * wt[0];
-                for (int j = 1; j < ay->xsize[oy]; j++)
-                    a = madd(a, base[(size_t)j * rowlen + x], wt[j]);
-                dst[(size_t)oy * rowlen + x] = to_u8(a);
-            }
-        }
-        return;
-    }
     for (int oy = 0; oy < dh; oy++) {
         const float *wt = ay->w + (size_t)oy * (size_t)ay->max_taps;
         const float *base = r->tmp + (size_t)ay->xmin[oy] * rowlen;
         int n = ay->xsize[oy];
-        float w0 = wt[0];
-        for (size_t x = 0; x < rowlen; x++)
-            acc[x] = base[x] * w0;
-        for (int j = 1; j < n; j++) {
-            const float *t = base + (size_t)j * rowlen;
-            float wj = wt[j];
-            for (size_t x = 0; x < rowlen; x++)
-                acc[x] = madd(acc[x], t[x], wj);
-        }
         uint8_t *o = dst + (size_t)oy * rowlen;
-        for (size_t x = 0; x < rowlen; x++)
-            o[x] = to_u8(acc[x]);
+        size_t x = 0;
+        for (; x + 8 <= rowlen; x += 8) {
+            v8f acc = *(const v8fu *)(base + x) * wt[0];
+            for (int j = 1; j < n; j++) {
+                v8f t = *(const v8fu *)(base + (size_t)j * rowlen + x) * wt[j];
+                acc = acc + t;
+            }
+            for (int k = 0; k < 8; k++)
+                o[x + k] = to_u8(acc[k]);
+        }
+        for (; x < rowlen; x++) {
+            float a = base[x] * wt[0];
+            for (int j = 1; j < n; j++)
+                a = madd(a, base[(size_t)j * rowlen + x], wt[j]);
+            o[x] = to_u8(a);
+        }
     }
-    free(acc);
 }
 
 int ingest_resize_rgb24(const uint8_t *src, int src_h, int src_w, size_t src_stride,
