@@ -15,7 +15,7 @@ PKGS     := libavformat libavdevice libavcodec libswscale libavutil libzmq libuv
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -g $(OPT) -march=native -pthread -fopenmp \
             -I. $(shell pkg-config --cflags $(PKGS)) $(SAN_FLAGS) $(EXTRA_CFLAGS)
 LDLIBS   := $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -pthread -fopenmp
-LDFLAGS  := $(SAN_FLAGS)
+LDFLAGS  := -Wl,--as-needed $(SAN_FLAGS)
 
 # Layers, in data-flow order. Every .c file in a layer folder goes into libvigil.a except the
 # program entry points listed in PROGRAM_MAINS.

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES="build-essential pkg-config clang libclang-rt-14-dev
  libavformat-dev libavdevice-dev libavcodec-dev libswscale-dev libavutil-dev ffmpeg
  libdnnl-dev libzmq3-dev libuv1-dev libcjson-dev libpcre2-dev libutf8proc-dev
- libcmocka-dev libsystemd-dev systemd
+ libcmocka-dev libsystemd-dev systemd man-db
  python3 python3-zmq
  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good"
 # Node.js/npm are only needed for the npm data package; use the machine's own when it has one.
