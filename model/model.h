@@ -214,8 +214,10 @@ typedef struct model_batch {
 
 /* Runs the decoder over the batch: embeddings (visual rows replace pad embeddings), every layer
  * with its K/V written to the batch's slots, DeepStack feature k added at visual rows after
- * layer k, final norm, lm_head for the requested rows. Validates everything first; on error
- * the cache is unchanged. */
+ * layer k, final norm, lm_head for the requested rows. Validates everything first: on a
+ * validation error the cache is unchanged; if the computation itself fails (out of memory)
+ * the batch's destination slots are released. Batches of up to 8 tokens attend straight from
+ * the cache (decode); larger ones gather the visible K/V and use matmuls (prefill). */
 int model_forward(model *m, model_kv *kv, const model_batch *b, char *err, size_t errlen);
 
 /* Sequential helper: appends n tokens at slots seq_len..seq_len+n-1 (all must be free) and,
@@ -261,9 +263,10 @@ typedef enum {
     MODEL_STOP_NO_SLOTS,          /* ran out of the slots the caller supplied */
 } model_stop_reason;
 
-/* Streaming callback: id is the token just generated (the stop token too, with empty text),
+/* Streaming callback: id is the token just generated (the eos token too, with empty text),
  * text the newly final output text (may be empty; text that could still begin a stop string is
- * held back until it cannot). Return nonzero to cancel. */
+ * held back until it cannot). A last call with id -1 flushes text still held back when
+ * generation ends without a stop string. Return nonzero to cancel. */
 typedef int (*model_token_fn)(void *ctx, int32_t id, const char *text, size_t len);
 
 typedef struct model_generate_params {

@@ -1,5 +1,5 @@
-/* vl_internal.h — shared internals of the Qwen3-VL forward (model/*.c files of the model
- * engine only; not a public header). The model structs mirror the checkpoint's module tree:
+/* vl_internal.h — shared internals of the Qwen3-VL forward (the model engine's .c files in model/
+ * only; not a public header). The model structs mirror the checkpoint's module tree:
  * model.visual.* -> vl_vision, model.language_model.* -> vl_text. */
 #ifndef VIGIL_MODEL_VL_INTERNAL_H
 #define VIGIL_MODEL_VL_INTERNAL_H
@@ -57,7 +57,7 @@ typedef struct vl_text_layer {
     bool moe;
     vl_linear gate_up;        /* dense: gate_proj|up_proj */
     vl_linear down;
-    float *router;            /* MoE: [experts, hidden] f32 (routing stays f32) */
+    vl_linear router;         /* MoE: hidden -> experts, always f32 (routing stays f32) */
     vl_linear *exp_gate_up;   /* MoE: [experts], each [hidden] -> [2I] (gate half first) */
     vl_linear *exp_down;      /* MoE: [experts], each [I] -> [hidden] */
 } vl_text_layer;
@@ -112,6 +112,7 @@ void vl_text_free(vl_text *t);
 /* Norms (f32, as upstream: LayerNorm with biased variance; RMSNorm computed in f32). */
 void vl_layernorm(const vl_norm *n, const float *x, float *y, int rows, int ld_x, int ld_y,
                   float eps);
+void vl_rmsnorm_row(const float *w, const float *x, float *y, int d, float eps);
 void vl_rmsnorm(const vl_norm *n, const float *x, float *y, int rows, int ld_x, int ld_y,
                 float eps);
 
@@ -122,6 +123,7 @@ struct model_kv {
     int layers, kv_heads, head_dim;
     bool bf16;
     size_t elt;                /* bytes per element */
+    size_t layer_bytes;        /* bytes of one layer's K (or V) block */
     uint8_t *state;            /* [capacity] model_slot_state */
     model_pos *pos;            /* [capacity] */
     void **k, **v;             /* [layers] -> [kv_heads][capacity][head_dim] */
@@ -131,6 +133,14 @@ struct model_kv {
 static inline void *vl_kv_at(const model_kv *kv, void *base, int head, int slot) {
     return (uint8_t *)base + (((size_t)head * kv->capacity + slot) * kv->head_dim) * kv->elt;
 }
+
+/* y = act(x W + b) (or y += ...) for f32 rows x: converts x to bf16 first in bf16 mode. */
+int vl_lin(model *m, const vl_linear *l, const float *x, int M, int ldx, float *y, int ldy,
+           vl_act act, bool accumulate, char *err, size_t errlen);
+
+/* Scratch slots (model.scratch[]): 0-3 attention, the rest by the forward passes. */
+enum { VL_S_X = 4, VL_S_H, VL_S_BF16, VL_S_BIG, VL_S_ATT, VL_S_QKVB, VL_S_ROPE, VL_S_AUX,
+       VL_S_AUX2, VL_S_AUX3, VL_S_AUX4 };
 
 /* Text RoPE rotation of one head vector by per-frequency angles (f32, rotate-half pairing). */
 void vl_rope_apply(float *x, const float *cos_t, const float *sin_t, int half);
