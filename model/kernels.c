@@ -196,8 +196,8 @@ int vl_attention_gemm(model *m, const vl_attn *a, char *err, size_t errlen) {
     const bool bf16 = a->kv_bf16;
     const int G = a->group, hd = a->hd, nk = a->nk;
     if (a->nq <= 0 || nk <= 0) return 0;
-    /* Row chunks keep the score block near 4M floats (16 MB) whatever the sequence length. */
-    long rows = (4L << 20) / ((long)G * nk);
+    /* Row chunks keep the score block near 8M floats (32 MB) whatever the sequence length. */
+    long rows = (8L << 20) / ((long)G * nk);
     if (rows < 16) rows = 16;
     if (rows > a->nq) rows = a->nq;
     float *S = vl_buf_get(&m->scratch[0], sizeof(float) * (size_t)G * rows * nk);
@@ -294,6 +294,59 @@ static inline void axpy_kv(float *acc, float p, const void *v, bool bf16, int hd
         acc[d] += p * (bf16 ? vl_bf16_f32(((const uint16_t *)v)[d]) : ((const float *)v)[d]);
 }
 
+#if defined(__AVX512F__)
+static inline __m512 bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* The decode hot path (bf16 cache, head_dim 128, an even number of query heads per KV head):
+ * two query heads at a time with their queries, the converted key or value (8 vectors) and
+ * the output accumulators all in registers, so every K/V row is converted once per pair and
+ * nothing but the scores goes through memory. */
+static void attend_bf16_128(const model_kv *kv, const void *K, const void *V, int g, int G,
+                            const float *qh, int nv, int nk, const int32_t *vis,
+                            const int32_t *bslots, float *sc, int maxk, float scale, float *o) {
+    for (int h0 = 0; h0 < G; h0 += 2) {
+        float *s0 = sc + (size_t)h0 * maxk, *s1 = s0 + maxk;
+        __m512 q0[8], q1[8];
+        for (int c = 0; c < 8; c++) {
+            q0[c] = _mm512_loadu_ps(qh + (size_t)h0 * 128 + c * 16);
+            q1[c] = _mm512_loadu_ps(qh + (size_t)(h0 + 1) * 128 + c * 16);
+        }
+        for (int j = 0; j < nk; j++) {
+            const int slot = j < nv ? vis[j] : bslots[j - nv];
+            const uint16_t *k = vl_kv_at(kv, (void *)K, g, slot);
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            for (int c = 0; c < 8; c++) {
+                const __m512 kc = bf16x16(k + c * 16);
+                a0 = _mm512_fmadd_ps(q0[c], kc, a0);
+                a1 = _mm512_fmadd_ps(q1[c], kc, a1);
+            }
+            s0[j] = _mm512_reduce_add_ps(a0);
+            s1[j] = _mm512_reduce_add_ps(a1);
+        }
+        vl_softmax_scaled(s0, nk, scale);
+        vl_softmax_scaled(s1, nk, scale);
+        __m512 o0[8], o1[8];
+        for (int c = 0; c < 8; c++) o0[c] = o1[c] = _mm512_setzero_ps();
+        for (int j = 0; j < nk; j++) {
+            const int slot = j < nv ? vis[j] : bslots[j - nv];
+            const uint16_t *v = vl_kv_at(kv, (void *)V, g, slot);
+            const __m512 p0 = _mm512_set1_ps(s0[j]), p1 = _mm512_set1_ps(s1[j]);
+            for (int c = 0; c < 8; c++) {
+                const __m512 vc = bf16x16(v + c * 16);
+                o0[c] = _mm512_fmadd_ps(p0, vc, o0[c]);
+                o1[c] = _mm512_fmadd_ps(p1, vc, o1[c]);
+            }
+        }
+        for (int c = 0; c < 8; c++) {
+            _mm512_storeu_ps(o + (size_t)h0 * 128 + c * 16, o0[c]);
+            _mm512_storeu_ps(o + (size_t)(h0 + 1) * 128 + c * 16, o1[c]);
+        }
+    }
+}
+#endif
+
 int vl_attention_slots(model *m, const model_kv *kv, int layer, const float *q, long q_row_stride,
                        int n, const int32_t *vis, int nv, const int32_t *bslots, float scale,
                        float *out, long out_row_stride, char *err, size_t errlen) {
@@ -311,6 +364,13 @@ int vl_attention_slots(model *m, const model_kv *kv, int layer, const float *q, 
         float *acc = sc + (size_t)G * maxk;
         const int nk = nv + i + 1;
         const float *qh = q + (size_t)i * q_row_stride + (size_t)g * G * hd;
+#if defined(__AVX512F__)
+        if (bf16 && hd == 128 && G % 2 == 0) {
+            attend_bf16_128(kv, K, V, g, G, qh, nv, nk, vis, bslots, sc, maxk, scale,
+                            out + (size_t)i * out_row_stride + (size_t)g * G * hd);
+            continue;
+        }
+#endif
         /* each key and value is read once for all G query heads of its group */
         for (int j = 0; j < nk; j++) {
             const int slot = j < nv ? vis[j] : bslots[j - nv];

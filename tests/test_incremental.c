@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "model/dnnl_ops.h"
+#include "model/kernels.h"
 #include "model/model.h"
 #include "tests/support/npy.h"
 
@@ -447,9 +448,86 @@ static void test_linear_kernels(void **state) {
     vl_dnnl_destroy(d);
 }
 
+/* The decode attention kernel (straight from cache slots; a register-blocked path for bf16
+ * head_dim 128) against a plain double-precision softmax attention, on random K/V in a
+ * scattered set of visible slots, for head_dim 128 and 64, 2 and 4 query heads per KV head,
+ * bf16 and f32 caches. */
+static void test_decode_attention_kernel(void **state) {
+    (void)state;
+    char err[256];
+    const int cases[][4] = { { 128, 2, 1 }, { 128, 4, 1 }, { 64, 2, 1 }, { 128, 2, 0 }, { 128, 3, 1 } };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int hd = cases[c][0], G = cases[c][1], bf = cases[c][2], KVH = 2, cap = 300, n = 3;
+        model *fm = calloc(1, sizeof *fm);
+        assert_non_null(fm);
+        fm->txt.layers = 1;
+        fm->txt.kv_heads = KVH;
+        fm->txt.heads = KVH * G;
+        fm->txt.head_dim = hd;
+        fm->compute = bf ? MODEL_COMPUTE_BF16 : MODEL_COMPUTE_F32;
+        model_kv *kv;
+        assert_int_equal(model_kv_create(fm, cap, &kv, err, sizeof err), 0);
+        uint64_t r = 77 + c;
+        for (int g = 0; g < KVH; g++)
+            for (int sl = 0; sl < cap; sl++)
+                for (int d = 0; d < hd; d++)
+                    for (int w = 0; w < 2; w++) {
+                        r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+                        float x = (float)((double)(r >> 40) / (1 << 24) - 0.5) * 2.0f;
+                        void *base = vl_kv_at(kv, w ? kv->v[0] : kv->k[0], g, sl);
+                        if (bf) ((uint16_t *)base)[d] = vl_f32_bf16(x);
+                        else ((float *)base)[d] = x;
+                    }
+        int32_t vis[200];
+        int nv = 0;
+        for (int sl = 0; sl < cap && nv < 200; sl += 1 + (sl % 3)) vis[nv++] = sl;
+        int32_t bslots[3] = { 299, 298, 297 };
+        const int QN = KVH * G * hd;
+        float *q = malloc(sizeof(float) * (size_t)n * QN), *out = malloc(sizeof(float) * (size_t)n * QN);
+        assert_true(q && out);
+        for (int i = 0; i < n * QN; i++) q[i] = sinf(0.7f * (float)i);
+        const float scale = 1.0f / sqrtf((float)hd);
+        assert_int_equal(vl_attention_slots(fm, kv, 0, q, QN, n, vis, nv, bslots, scale, out, QN, err, sizeof err), 0);
+        double worst = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < KVH * G; h++) {
+                const int g = h / G, nk = nv + i + 1;
+                double sc[260], mx = -1e300, sum = 0.0;
+                for (int j = 0; j < nk; j++) {
+                    const int sl = j < nv ? vis[j] : bslots[j - nv];
+                    const void *k = vl_kv_at(kv, kv->k[0], g, sl);
+                    double t = 0.0;
+                    for (int d = 0; d < hd; d++)
+                        t += (double)q[(size_t)i * QN + h * hd + d] *
+                             (bf ? vl_bf16_f32(((const uint16_t *)k)[d]) : ((const float *)k)[d]);
+                    sc[j] = t * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j < nk; j++) sum += sc[j] = exp(sc[j] - mx);
+                for (int d = 0; d < hd; d++) {
+                    double o = 0.0;
+                    for (int j = 0; j < nk; j++) {
+                        const int sl = j < nv ? vis[j] : bslots[j - nv];
+                        const void *v = vl_kv_at(kv, kv->v[0], g, sl);
+                        o += sc[j] / sum * (bf ? vl_bf16_f32(((const uint16_t *)v)[d]) : ((const float *)v)[d]);
+                    }
+                    double e = fabs(o - out[(size_t)i * QN + h * hd + d]);
+                    if (e > worst) worst = e;
+                }
+            }
+        if (!(worst < 1e-5)) fail_msg("decode attention hd=%d G=%d bf16=%d: max error %.3g", hd, G, bf, worst);
+        free(q);
+        free(out);
+        model_kv_destroy(kv);
+        for (int i = 0; i < 16; i++) vl_buf_free(&fm->scratch[i]);
+        free(fm);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear_kernels),
+        cmocka_unit_test(test_decode_attention_kernel),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_truncate_and_decode),
         cmocka_unit_test(test_scattered_slots),
