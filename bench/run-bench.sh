@@ -13,7 +13,7 @@ for b in "$build"/bench/*; do
     [ -x "$b" ] || continue
     echo "=== $(basename "$b")"
     case "$(basename "$b")" in
-        bench_model) "$b" "$data/qwen3vl-2b" ;;
+        bench_model|bench_daemon) "$b" "$data/qwen3vl-2b" ;;
         *) "$b" ;;
     esac
 done

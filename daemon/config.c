@@ -66,6 +66,7 @@ int vd_config_init(vd_config *c, char *err, size_t errlen) {
     c->ingest_queue_pairs = 4;
     c->log_level = VD_LOG_INFO;
     c->log_format = VD_LOG_FORMAT_AUTO;
+    c->thinking = -1;
     c->shutdown_grace_ms = 5000;
     c->status_interval_ms = 5000;
     c->watchdog_stall_ms = 60000;
@@ -402,7 +403,7 @@ static int parse_streams(const proto_limits *lim, const cJSON *arr, const char *
 /* ---- the file --------------------------------------------------------------------------------- */
 
 static const char *const k_top[] = { "model", "compute", "threads", "endpoint", "events_endpoint",
-                                     "log_level", "log_format", "system_prompt", "stream_defaults",
+                                     "log_level", "log_format", "system_prompt", "thinking", "stream_defaults",
                                      "limits", "memory", "sources", "curve", "shutdown_grace_seconds",
                                      "status_interval_seconds", "watchdog_stall_seconds", "streams" };
 static const char *const k_defaults[] = { "fps", "min_tokens_per_pair", "max_tokens_per_pair", "cache_tokens" };
@@ -457,6 +458,14 @@ static int apply_root(vd_config *c, const cJSON *root, jctx *j) {
             if (!cJSON_IsString(v)) return jbad(j, "", "system_prompt", "a string or null", v);
             if (set_str(&c->system_prompt, v->valuestring[0] ? v->valuestring : NULL))
                 return cfg_err(j->err, j->errlen, "out of memory");
+        }
+    }
+    {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "thinking");
+        if (v && !cJSON_IsNull(v)) {
+            if (cJSON_IsBool(v)) c->thinking = cJSON_IsTrue(v) ? 1 : 0;
+            else if (cJSON_IsString(v) && strcmp(v->valuestring, "auto") == 0) c->thinking = -1;
+            else return jbad(j, "", "thinking", "true, false or \"auto\"", v);
         }
     }
     double d;
@@ -614,7 +623,8 @@ enum {
     OPT_MAX_STREAMS, OPT_MAX_WATCHES, OPT_MAX_QUEUE, OPT_MAX_TOKENS, OPT_MAX_MESSAGE, OPT_MAX_PROMPT,
     OPT_PROTOCOLS, OPT_DEVICE_PREFIX, OPT_IMAGE_MAX_PIXELS, OPT_CURVE_SECRET_FILE, OPT_CURVE_CLIENT_KEY,
     OPT_CURVE_CLIENT_FILE, OPT_SYSTEM_PROMPT, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_GRACE, OPT_STATUS_INTERVAL,
-    OPT_WATCHDOG_STALL, OPT_POSITION_LIMIT, OPT_HEADROOM, OPT_QUEUE_PAIRS, OPT_CHECK, OPT_HELP, OPT_VERSION,
+    OPT_WATCHDOG_STALL, OPT_POSITION_LIMIT, OPT_HEADROOM, OPT_QUEUE_PAIRS, OPT_THINKING, OPT_CHECK, OPT_HELP,
+    OPT_VERSION,
 };
 
 static const struct option long_opts[] = {
@@ -652,6 +662,7 @@ static const struct option long_opts[] = {
     { "status-interval", required_argument, NULL, OPT_STATUS_INTERVAL },
     { "watchdog-stall", required_argument, NULL, OPT_WATCHDOG_STALL },
     { "position-limit", required_argument, NULL, OPT_POSITION_LIMIT },
+    { "thinking", required_argument, NULL, OPT_THINKING },
     { "check-config", no_argument, NULL, OPT_CHECK },
     { "help", no_argument, NULL, OPT_HELP },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -684,6 +695,8 @@ void vd_config_usage(FILE *f) {
 "  --max-tokens-per-pair N     default maximum visual tokens per frame pair (default 256)\n"
 "  --cache-tokens N            default context cap per stream, tokens (default 32768)\n"
 "  --system-prompt TEXT        system prompt of streams that give none (default none)\n"
+"  --thinking auto|on|off      open answers with <think> (Thinking checkpoints); auto (default): when\n"
+"                              the checkpoint's chat template does\n"
 "  --allowed-protocols LIST    FFmpeg protocols sources may use (default " INGEST_DEFAULT_PROTOCOLS ");\n"
 "                              add \"file\" to allow local files and image paths\n"
 "  --device-prefix P           allowed V4L2 device path prefix (default /dev/video)\n"
@@ -873,6 +886,12 @@ int vd_config_from_args(vd_config *c, int argc, char **argv, char *err, size_t e
         case OPT_POSITION_LIMIT:
             if (parse_int_opt(name, a, 0, INT_MAX, &l, err, errlen)) return -1;
             c->position_limit = (int)l;
+            break;
+        case OPT_THINKING:
+            if (strcmp(a, "auto") == 0) c->thinking = -1;
+            else if (strcmp(a, "on") == 0 || strcmp(a, "true") == 0) c->thinking = 1;
+            else if (strcmp(a, "off") == 0 || strcmp(a, "false") == 0) c->thinking = 0;
+            else return cfg_err(err, errlen, "--thinking: expected auto, on or off, got \"%s\"", a);
             break;
         case OPT_CHECK: check_only = true; break;
         case ':': return cfg_err(err, errlen, "%s: missing value (see vigild --help)", argv[optind - 1]);

@@ -100,6 +100,8 @@ typedef struct vd_config {
     vd_log_level log_level;
     vd_log_format log_format;
     char *system_prompt;          /* default system prompt of streams that give none; NULL */
+    int thinking;                 /* answers open with "<think>\n": -1 auto (the checkpoint's chat
+                                     template says), 0 no, 1 yes */
 
     int shutdown_grace_ms;        /* running queries may finish within this on SIGTERM */
     int status_interval_ms;       /* sd_notify STATUS= and rate sampling period */
@@ -146,6 +148,7 @@ typedef struct vd_sctx_options {
     int position_limit;           /* 0 = the model's max_position_embeddings */
     const char *system_prompt;    /* NULL or "": no system turn */
     bool image_mode;              /* one-off image context: no timestamps, image pads */
+    bool thinking;                /* Thinking checkpoint: answers open with "<think>\n" */
 } vd_sctx_options;
 
 /* A frame pair after the vision tower: what vd_sctx_append needs. */

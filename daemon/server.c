@@ -268,6 +268,7 @@ static cJSON *daemon_status(vd_daemon *d) {
         cJSON_AddNumberToObject(mi, "layers", mc->text.num_hidden_layers);
         cJSON_AddNumberToObject(mi, "hidden_size", mc->text.hidden_size);
         cJSON_AddNumberToObject(mi, "max_position_embeddings", mc->text.max_position_embeddings);
+        cJSON_AddBoolToObject(mi, "thinking", d->thinking);
     }
     cJSON *b = cJSON_AddObjectToObject(o, "build");
     if (b) {
@@ -1224,6 +1225,36 @@ static void close_sockets(vd_daemon *d) {
 
 /* ---- run ------------------------------------------------------------------------------------------------ */
 
+/* Whether the checkpoint's chat template opens the answer with <think> (Qwen3-VL "Thinking"
+ * checkpoints: '<|im_start|>assistant\n<think>\n' in the generation prompt). The template sits in
+ * chat_template.json, chat_template.jinja or tokenizer_config.json, with the newline written as
+ * an escape or as itself. */
+static bool template_thinks(const char *dir) {
+    static const char *const files[] = { "chat_template.json", "chat_template.jinja", "tokenizer_config.json" };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        FILE *f = fopen(path, "rb");
+        if (!f) continue;
+        size_t cap = 8u << 20, n;
+        char *text = malloc(cap + 1);
+        n = text ? fread(text, 1, cap, f) : 0;
+        fclose(f);
+        if (!text) continue;
+        text[n] = 0;
+        bool found = false;
+        const char *key = "<|im_start|>assistant";
+        for (const char *p = strstr(text, key); p && !found; p = strstr(p + 1, key)) {
+            const char *q = p + strlen(key);
+            while (*q == '\\' || *q == 'n' || *q == '\n') q++;
+            found = strncmp(q, "<think>", 7) == 0;
+        }
+        free(text);
+        if (found) return true;
+    }
+    return false;
+}
+
 static int load_model(vd_daemon *d, char *err, size_t errlen) {
     const vd_config *cfg = d->cfg;
     char e[512] = "";
@@ -1262,10 +1293,11 @@ static int load_model(vd_daemon *d, char *err, size_t errlen) {
         base = basename(tmp);
     }
     snprintf(d->model_name, sizeof d->model_name, "%s", base);
-    vd_log(VD_LOG_INFO, "model %s loaded in %.1f s: %s, %d layers, %s compute, %.0f MiB of weights, %zu KiB KV per token",
-           d->model_name, vd_now_s() - t0, d->mcfg->model_type, d->mcfg->text.num_hidden_layers,
+    d->thinking = cfg->thinking < 0 ? template_thinks(cfg->model_dir) : cfg->thinking == 1;
+    vd_log(VD_LOG_INFO, "model %s loaded in %.1f s: %s, %d layers, %s compute, %.0f MiB of weights, %zu KiB KV per "
+           "token%s", d->model_name, vd_now_s() - t0, d->mcfg->model_type, d->mcfg->text.num_hidden_layers,
            cfg->compute == MODEL_COMPUTE_F32 ? "f32" : "bf16", model_weight_bytes(d->m) / 1048576.0,
-           d->kv_bytes_per_slot >> 10);
+           d->kv_bytes_per_slot >> 10, d->thinking ? ", answers open with <think>" : "");
     return 0;
 }
 

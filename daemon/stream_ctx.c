@@ -18,8 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/daemon.h"
+#include "model/chat.h"
 
 enum { OWN_FREE = 0, OWN_PREFIX, OWN_SEGMENT, OWN_QUERY };
 enum { VIEW_STREAM = 0, VIEW_QUERY };
@@ -59,6 +61,9 @@ struct vd_sctx {
     int view;
     vd_query *query;              /* the running query, or NULL */
     int32_t im_start_id, im_end_id;
+    chat_format chat;             /* the template's tokens (model/chat.h renders the pieces) */
+    chat_options chat_opts;
+    chat_prompt piece;            /* scratch: one piece at a time */
     int32_t eos[MODEL_MAX_EOS + 2];
     int n_eos;
     uint64_t pairs_appended, pairs_evicted, shifts;
@@ -211,42 +216,13 @@ static int batch_reserve(vd_sctx *s, int n) {
     return 0;
 }
 
-static long encode_text(const tokenizer *tok, const char *text, int32_t **out) {
-    size_t len = strlen(text);
-    long n = tok_encode(tok, text, len, NULL, 0);
-    if (n < 0) return -1;
-    int32_t *ids = malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
+/* The ids of the piece just rendered into s->piece, copied (malloc'ed). */
+static long piece_ids(const vd_sctx *s, int32_t **out) {
+    int32_t *ids = malloc((s->piece.n_ids + 1) * sizeof *ids);
     if (!ids) return -1;
-    if (n > 0 && tok_encode(tok, text, len, ids, (size_t)n) != n) {
-        free(ids);
-        return -1;
-    }
+    memcpy(ids, s->piece.ids, s->piece.n_ids * sizeof *ids);
     *out = ids;
-    return n;
-}
-
-/* Tokenizes text a user wrote (a prompt, a system prompt): special-token text in it stays text
- * (docs/protocol.md), like HF's split_special_tokens. Returns the count (ids malloc'ed, never
- * NULL on success) or -1. */
-static long encode_user(const tokenizer *tok, const char *text, int32_t **out) {
-    int32_t *ids = NULL;
-    long n = tok_encode_alloc(tok, text, strlen(text), TOK_ENCODE_SPECIAL_AS_TEXT, &ids, NULL, 0);
-    if (n < 0) return -1;
-    if (!ids) ids = malloc(sizeof *ids);
-    if (!ids) return -1;
-    *out = ids;
-    return n;
-}
-
-/* Concatenates id arrays into *out (malloc'ed). */
-static long cat_ids(int32_t **out, const int32_t *a, long na, const int32_t *b, long nb, const int32_t *c, long nc) {
-    int32_t *r = malloc((size_t)(na + nb + nc + 1) * sizeof *r);
-    if (!r) return -1;
-    if (na) memcpy(r, a, (size_t)na * sizeof *r);
-    if (nb) memcpy(r + na, b, (size_t)nb * sizeof *r);
-    if (nc) memcpy(r + na + nb, c, (size_t)nc * sizeof *r);
-    *out = r;
-    return na + nb + nc;
+    return (long)s->piece.n_ids;
 }
 
 /* ---- create / destroy ---------------------------------------------------------------------- */
@@ -287,12 +263,15 @@ int vd_sctx_create(model *m, const tokenizer *tok, const vd_sctx_options *opt, v
     if (s->position_limit > cfg->text.max_position_embeddings)
         s->position_limit = cfg->text.max_position_embeddings;
 
-    s->im_start_id = tok_token_id(tok, "<|im_start|>");
-    s->im_end_id = tok_token_id(tok, "<|im_end|>");
-    if (s->im_start_id < 0 || s->im_end_id < 0) {
+    chat_prompt_init(&s->piece);
+    if (chat_format_init(&s->chat, tok, err, errlen) != 0 || chat_format_check_config(&s->chat, cfg, err, errlen) != 0) {
         vd_sctx_destroy(s);
-        return sc_err(err, errlen, "stream context: the tokenizer has no <|im_start|>/<|im_end|> token");
+        return -1;
     }
+    s->chat_opts = chat_options_default();
+    s->chat_opts.thinking = opt->thinking;
+    s->im_start_id = s->chat.im_start;
+    s->im_end_id = s->chat.im_end;
     for (int i = 0; i < cfg->num_eos && i < MODEL_MAX_EOS; i++) s->eos[s->n_eos++] = cfg->eos_token_ids[i];
     s->eos[s->n_eos++] = s->im_end_id;
     s->owner = calloc((size_t)s->capacity, 1);
@@ -307,31 +286,16 @@ int vd_sctx_create(model *m, const tokenizer *tok, const vd_sctx_options *opt, v
 
     /* Prefix: the system turn (if any) and the opening of the user turn, as the chat template
      * writes them; the frames follow as the user message's content. */
+    /* The system turn (if any) and the opening of the user turn; the frames follow as the
+     * user message's content. */
     const char *sys = opt->system_prompt && *opt->system_prompt ? opt->system_prompt : NULL;
     long np = -1;
-    if (sys) {
-        /* <|im_start|> + "system\n<text>" (user text: specials stay text) + the template's end of
-         * the system turn and start of the user turn. "system\n" is encoded with the text so that
-         * a prompt starting with whitespace tokenizes as it would inside the whole template. */
-        size_t plen = strlen(sys) + 16;
-        char *ptext = malloc(plen);
-        int32_t *mid = NULL, *tail = NULL;
-        long nm = -1, nt = -1;
-        if (ptext) {
-            snprintf(ptext, plen, "system\n%s", sys);
-            nm = encode_user(tok, ptext, &mid);
-            nt = encode_text(tok, "<|im_end|>\n<|im_start|>user\n", &tail);
-        }
-        if (nm >= 0 && nt >= 0) np = cat_ids(&s->prefix_ids, &s->im_start_id, 1, mid, nm, tail, nt);
-        free(ptext);
-        free(mid);
-        free(tail);
-    } else {
-        np = encode_text(tok, "<|im_start|>user\n", &s->prefix_ids);
-    }
+    if (chat_append_prefix(&s->chat, sys, sys ? strlen(sys) : 0, &s->chat_opts, &s->piece, err, errlen) == 0)
+        np = piece_ids(s, &s->prefix_ids);
     if (np <= 0) {
         vd_sctx_destroy(s);
-        return sc_err(err, errlen, "stream context: could not tokenize the prefix (system prompt)");
+        if (err && errlen && !err[0]) snprintf(err, errlen, "stream context: could not tokenize the prefix");
+        return -1;
     }
     s->n_prefix = (int)np;
     if (s->n_prefix + 8 > opt->cache_tokens) {
@@ -376,6 +340,7 @@ void vd_sctx_destroy(vd_sctx *s) {
     model_kv_destroy(s->kv);
     free(s->owner);
     free(s->prefix_ids);
+    chat_prompt_free(&s->piece);
     free(s->b_ids);
     free(s->b_slots);
     free(s->b_pos);
@@ -414,7 +379,14 @@ int vd_sctx_encode(vd_sctx *s, const ingest_pair *p, vd_features *out, char *err
     out->t0 = p->t0;
     out->t1 = p->t1;
     out->timestamp = p->timestamp;
-    out->wall = p->wall_time;
+    /* Files and images carry no wall time: the pair's arrival here stands for it. */
+    if (p->wall_time > 0) {
+        out->wall = p->wall_time;
+    } else {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        out->wall = (double)now.tv_sec + now.tv_nsec * 1e-9;
+    }
     out->is_image = p->is_image || s->opt.image_mode;
     return 0;
 }
@@ -486,18 +458,22 @@ int vd_sctx_append(vd_sctx *s, const vd_features *f, char *err, size_t errlen) {
         return sc_err(err, errlen, "append: grid (%d,%d,%d) does not match %d visual tokens of one pair",
                       f->grid.t, f->grid.h, f->grid.w, f->vo.n_tokens);
 
-    /* Token ids of the segment. */
-    int32_t *ts_ids = NULL;
-    long n_ts = 0;
-    if (!s->opt.image_mode) {
-        char ts[64];
-        ingest_format_timestamp(f->timestamp, ts, sizeof ts);
-        n_ts = encode_text(s->tok, ts, &ts_ids);
-        if (n_ts < 0) return sc_err(err, errlen, "append: could not tokenize the timestamp %s", ts);
+    /* Token ids of the segment: ["<t seconds>"] <|vision_start|> pads <|vision_end|> */
+    int32_t *seg_ids = NULL;
+    chat_prompt_clear(&s->piece);
+    int rc = s->opt.image_mode ? chat_append_image(&s->chat, (int)n_vis, &s->chat_opts, &s->piece, err, errlen)
+                               : chat_append_video_pair(&s->chat, f->timestamp, (int)n_vis, (int)(f->seq & 0x7fffffff),
+                                                        &s->piece, err, errlen);
+    long n_all = rc == 0 ? piece_ids(s, &seg_ids) : -1;
+    if (n_all < n_vis + 2) {
+        free(seg_ids);
+        if (err && errlen && !err[0]) snprintf(err, errlen, "append: could not render the pair's tokens");
+        return -1;
     }
-    int n = (int)n_ts + 2 + (int)n_vis;
+    long n_ts = n_all - 2 - n_vis;
+    int n = (int)n_all;
     if (s->n_prefix + n > s->opt.cache_tokens) {
-        free(ts_ids);
+        free(seg_ids);
         return sc_err(err, errlen, "append: a pair of %d tokens does not fit the cache cap of %d tokens "
                       "(prefix %d)", n, s->opt.cache_tokens, s->n_prefix);
     }
@@ -516,14 +492,14 @@ int vd_sctx_append(vd_sctx *s, const vd_features *f, char *err, size_t errlen) {
         if (!(s->query && g->in_query)) freed += g->n_tokens;
     }
     if (free_now + freed < n) {
-        free(ts_ids);
+        free(seg_ids);
         return -EAGAIN;
     }
     /* Positions: keep room for a whole query after this pair. */
     int reserve_pos = s->opt.query_reserve + span;
     if (s->next_pos + reserve_pos > s->position_limit && s->query) {
         if (s->next_pos + span > s->position_limit) {
-            free(ts_ids);
+            free(seg_ids);
             return -EAGAIN;   /* shift once the query has ended */
         }
     }
@@ -532,12 +508,12 @@ int vd_sctx_append(vd_sctx *s, const vd_features *f, char *err, size_t errlen) {
     if (!s->query) {
         while (s->next_pos + reserve_pos > s->position_limit) {
             if (shift_positions(s, err, errlen) != 0) {
-                free(ts_ids);
+                free(seg_ids);
                 return -1;
             }
             if (s->next_pos + reserve_pos <= s->position_limit) break;
             if (oldest_live(s) < 0) {
-                free(ts_ids);
+                free(seg_ids);
                 return sc_err(err, errlen, "append: position_limit %d is too small for a pair "
                               "spanning %d positions plus a query reserve", s->position_limit, span);
             }
@@ -548,23 +524,10 @@ int vd_sctx_append(vd_sctx *s, const vd_features *f, char *err, size_t errlen) {
     vd_seg *g = calloc(1, sizeof *g);
     if (!g || batch_reserve(s, n) != 0) {
         free(g);
-        free(ts_ids);
+        free(seg_ids);
         return sc_err(err, errlen, "append: out of memory");
     }
-    g->ids = malloc((size_t)n * sizeof *g->ids);
-    if (!g->ids) {
-        free(ts_ids);
-        seg_free(g);
-        return sc_err(err, errlen, "append: out of memory");
-    }
-    int k = 0;
-    for (long i = 0; i < n_ts; i++) g->ids[k++] = ts_ids[i];
-    free(ts_ids);
-    g->ids[k++] = cfg->vision_start_token_id;
-    int32_t pad = s->opt.image_mode ? cfg->image_token_id : cfg->video_token_id;
-    for (long i = 0; i < n_vis; i++) g->ids[k++] = pad;
-    g->ids[k++] = cfg->vision_end_token_id;
-
+    g->ids = seg_ids;
     g->n_runs = slots_alloc(s, n, OWN_SEGMENT, &g->runs, s->b_slots);
     if (g->n_runs < 0) {
         seg_free(g);
@@ -764,12 +727,13 @@ int vd_query_begin(vd_sctx *s, const vd_query_params *p, vd_query **out, proto_e
     /* The user's question closes the user turn, then the assistant turn opens. Special-token
      * text in the prompt is recognised, exactly as upstream's tokenizer does with the template's
      * output. */
-    int32_t *uq = NULL, *tail = NULL;
-    long nu = encode_user(s->tok, p->prompt, &uq);
-    long nt = encode_text(s->tok, "<|im_end|>\n<|im_start|>assistant\n", &tail);
-    long nq = nu >= 0 && nt >= 0 ? cat_ids(&q->q_ids, uq, nu, tail, nt, NULL, 0) : -1;
-    free(uq);
-    free(tail);
+    /* The question closes the user turn and the assistant turn opens (with "<think>\n" for
+     * Thinking checkpoints). The prompt is plain text: special-token text stays text. */
+    long nq = -1;
+    chat_prompt_clear(&s->piece);
+    char cerr[256] = "";
+    if (chat_append_question(&s->chat, p->prompt, strlen(p->prompt), &s->chat_opts, &s->piece, cerr, sizeof cerr) == 0)
+        nq = piece_ids(s, &q->q_ids);
     if (nq <= 0) {
         query_free(q);
         *code = PROTO_E_BAD_REQUEST;

@@ -203,6 +203,7 @@ struct vd_daemon {
     const model_config *mcfg;
     size_t kv_bytes_per_slot;
     char model_name[256];
+    bool thinking;                /* answers open with "<think>\n" */
     double t_start;
 
     /* worker */

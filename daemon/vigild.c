@@ -6,8 +6,10 @@
 #include <stdlib.h>
 
 #include "daemon/daemon.h"
+#include "model/model.h"
 
 int main(int argc, char **argv) {
+    model_runtime_prepare(argv);
     /* A peer that closes a connection must not kill the daemon (FFmpeg network writes). */
     signal(SIGPIPE, SIG_IGN);
     /* A daemon that runs for months should have flat memory. glibc raises its mmap threshold

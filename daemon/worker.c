@@ -320,6 +320,7 @@ static void w_stream_add(vd_daemon *d, vd_ctl *c) {
         .ingest_headroom = cfg->ingest_headroom_pairs * (a->max_tokens_per_pair + 32),
         .position_limit = cfg->position_limit,
         .system_prompt = a->system_prompt ? a->system_prompt : cfg->system_prompt,
+        .thinking = d->thinking,
     };
     if (vd_sctx_create(d->m, d->tok, &o, &st->ctx, err, sizeof err) != 0) {
         vd_log(VD_LOG_WARNING, "stream %s: %s", st->id, err);
@@ -536,7 +537,7 @@ static void start_next_image(vd_daemon *d) {
         return;
     }
     vd_sctx_options o = { .cache_tokens = p->tokens + 64, .query_reserve = cfg->query_reserve_tokens,
-                          .image_mode = true };
+                          .image_mode = true, .thinking = d->thinking };
     vd_sctx *ctx = NULL;
     vd_features f;
     memset(&f, 0, sizeof f);
@@ -609,7 +610,13 @@ static void ingest_one(vd_daemon *d, vd_stream *st) {
     double t0 = vd_now_s();
     if (st->has_held) {
         int rc = vd_sctx_append(st->ctx, &st->held, err, sizeof err);
-        if (rc == -EAGAIN) return;
+        if (rc == -EAGAIN && st->aq) return;   /* still no room while the answer runs */
+        if (rc == -EAGAIN) {
+            /* cannot happen without a running answer (evictions then free room at once); never
+             * spin on it */
+            rc = -1;
+            snprintf(err, sizeof err, "no room in the context");
+        }
         int tokens = st->held.vo.n_tokens;
         vd_features_free(&st->held);
         st->has_held = false;
@@ -624,8 +631,10 @@ static void ingest_one(vd_daemon *d, vd_stream *st) {
     vd_features f;
     int rc = vd_sctx_encode(st->ctx, p, &f, err, sizeof err);
     int tokens = p->tokens;
+    uint64_t seq = p->seq;
     ingest_pair_free(p);
     heartbeat(d);
+    double t1 = vd_now_s();
     if (rc != 0) {
         vd_log(VD_LOG_WARNING, "stream %s: pair not encoded: %s", st->id, err);
         return;
@@ -638,6 +647,9 @@ static void ingest_one(vd_daemon *d, vd_stream *st) {
     }
     vd_features_free(&f);
     d->last_pair_s = vd_now_s() - t0;
+    if (vd_log_enabled(VD_LOG_DEBUG))
+        vd_log(VD_LOG_DEBUG, "stream %s: pair %llu (%d tokens): vision %.1f ms, prefill %.1f ms", st->id,
+               (unsigned long long)seq, tokens, (t1 - t0) * 1000, (vd_now_s() - t1) * 1000);
     if (rc != 0) {
         vd_log(VD_LOG_WARNING, "stream %s: pair not appended: %s", st->id, err);
         return;

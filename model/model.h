@@ -48,6 +48,11 @@ typedef struct model_options {
 
 typedef struct model model;
 
+/* Call first thing in main(): re-executes the program with OMP_WAIT_POLICY=passive unless the
+ * environment names a policy (spinning OpenMP threads starve everything else on small
+ * machines, and the runtime reads the policy only at load). Returns only if no re-exec happened. */
+void model_runtime_prepare(char **argv);
+
 /* Builds the model on an opened checkpoint (which must outlive it). Checks every tensor the
  * forward pass uses (presence, dtype, shape), prepares the weights for the compute mode. */
 int model_create(const checkpoint *ck, const model_options *opts, model **out,

@@ -119,11 +119,19 @@ static void test_long_run_flat_memory(void **state) {
     assert_true(shifts >= 1);
     assert_true(queries >= 5);
     assert_true(rss_ref > 0 && rss_end > 0);
-    /* flat: 9 more caps' worth of pairs may not add 2 MiB (5 KiB per pair); transients stay bounded */
-    if (rss_end > rss_ref + 2048)
+    /* flat: 9 more caps' worth of pairs may not add 2 MiB (5 KiB per pair); transients stay bounded.
+     * Under ASan the sanitizer's allocator (quarantine, redzones, shadow) owns the heap, so
+     * RssAnon measures it rather than the daemon: there the run checks the rest (no crash,
+     * leak or error over 15 caps) and the memory bound is the normal build's to check. */
+#if defined(__SANITIZE_ADDRESS__)
+    const bool measure_memory = false;
+#else
+    const bool measure_memory = true;
+#endif
+    if (measure_memory && rss_end > rss_ref + 2048)
         fail_msg("anonymous memory grew from %ld KiB to %ld KiB (medians) over %d pairs after the cap was full",
                  rss_ref, rss_end, total - ref_at - per_cap);
-    if (rss_max > rss_ref + 16384) fail_msg("an anonymous memory peak of %ld KiB (median %ld KiB)", rss_max, rss_ref);
+    if (measure_memory && rss_max > rss_ref + 16384) fail_msg("an anonymous memory peak of %ld KiB (median %ld KiB)", rss_max, rss_ref);
     assert_int_equal(td_stop(&t), 0);
     td_cleanup(&t);
     media_rmtree(dir);

@@ -392,12 +392,98 @@ static void test_curve(void **state) {
     td_cleanup(&t);
 }
 
+/* ---- memory caps ----------------------------------------------------------------------------------- */
+
+static void test_memory_caps(void **state) {
+    (void)state;
+    /* the tiny model's KV cache: 4 layers x 2 KV heads x 16 x (K, V) in bf16 = 512 bytes a token */
+    td t;
+    const char *extra = "\"sources\": {\"allowed_protocols\": \"file\"},\n"
+                        " \"memory\": {\"max_total_cache_bytes\": 6000000, \"query_reserve_tokens\": 1024},\n"
+                        " \"stream_defaults\": {\"min_tokens_per_pair\": 4, \"max_tokens_per_pair\": 16}";
+    assert_int_equal(td_start(&t, NULL, extra, NULL, NULL), 0);
+    cJSON *r = td_call(&t, "{\"id\":\"s\",\"op\":\"status\"}", 10000);
+    double per_token = td_num(cJSON_GetObjectItemCaseSensitive(r, "model_info"), "kv_bytes_per_token");
+    cJSON_Delete(r);
+    assert_true(per_token >= 512);
+    /* cache_bytes: the cap in bytes of KV cache becomes tokens */
+    r = td_callf(&t, 30000, "{\"id\":\"a\",\"op\":\"stream.add\",\"stream\":\"a\",\"url\":\"%s\",\"cache_bytes\":2097152}",
+                 g_clip);
+    assert_true(td_ok(r));
+    cJSON *s = cJSON_GetObjectItemCaseSensitive(r, "stream");
+    assert_int_equal((int)td_num(s, "cache_tokens_cap"), (int)(2097152 / per_token));
+    cJSON_Delete(r);
+    /* two more 4096-token streams would need more than the 6 MB the daemon may use */
+    r = td_callf(&t, 30000, "{\"id\":\"b\",\"op\":\"stream.add\",\"stream\":\"b\",\"url\":\"%s\",\"cache_tokens\":4096}",
+                 g_clip);
+    bool b_ok = td_ok(r);
+    cJSON_Delete(r);
+    r = td_callf(&t, 30000, "{\"id\":\"c\",\"op\":\"stream.add\",\"stream\":\"c\",\"url\":\"%s\",\"cache_tokens\":4096}",
+                 g_clip);
+    assert_true(b_ok);
+    assert_false(td_ok(r));
+    assert_string_equal(td_code(r), "limit_exceeded");
+    const char *msg = td_str(cJSON_GetObjectItemCaseSensitive(r, "error"), "message");
+    assert_non_null(strstr(msg, "max_total_cache_bytes"));
+    cJSON_Delete(r);
+    /* removing one makes room again */
+    r = td_call(&t, "{\"id\":\"rb\",\"op\":\"stream.remove\",\"stream\":\"b\"}", 30000);
+    assert_true(td_ok(r));
+    cJSON_Delete(r);
+    r = td_callf(&t, 30000, "{\"id\":\"c2\",\"op\":\"stream.add\",\"stream\":\"c\",\"url\":\"%s\",\"cache_tokens\":4096}",
+                 g_clip);
+    assert_true(td_ok(r));
+    cJSON_Delete(r);
+    assert_int_equal(td_stop(&t), 0);
+    td_cleanup(&t);
+}
+
+/* ---- Thinking checkpoints ------------------------------------------------------------------------- */
+
+static bool status_thinking(td *t) {
+    cJSON *r = td_call(t, "{\"id\":\"s\",\"op\":\"status\"}", 10000);
+    assert_true(td_ok(r));
+    bool v = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r, "model_info"), "thinking"));
+    cJSON_Delete(r);
+    return v;
+}
+
+static void test_thinking_checkpoint(void **state) {
+    (void)state;
+    /* the golden checkpoint with the chat template of a Thinking release next to it */
+    char model[512], src[PATH_MAX];
+    snprintf(model, sizeof model, "%s/thinking-model", g_dir);
+    assert_non_null(realpath(TD_MODEL, src));
+    assert_int_equal(media_sh("mkdir -p '%s' && ln -sf '%s'/* '%s/'", model, src, model), 0);
+    char tmpl[600];
+    snprintf(tmpl, sizeof tmpl, "%s/chat_template.json", model);
+    write_file(tmpl, "{\"chat_template\": \"{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}"
+                     "{%- endif %}\"}\n");
+    td t;
+    assert_int_equal(td_start(&t, model, NULL, NULL, NULL), 0);
+    assert_true(status_thinking(&t));
+    assert_int_equal(td_stop(&t), 0);
+    td_cleanup(&t);
+    const char *off[] = { "--thinking", "off", NULL };
+    assert_int_equal(td_start(&t, model, NULL, off, NULL), 0);
+    assert_false(status_thinking(&t));
+    assert_int_equal(td_stop(&t), 0);
+    td_cleanup(&t);
+    /* an Instruct checkpoint (no <think> in its template) */
+    assert_int_equal(td_start(&t, NULL, NULL, NULL, NULL), 0);
+    assert_false(status_thinking(&t));
+    assert_int_equal(td_stop(&t), 0);
+    td_cleanup(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_configuration),
         cmocka_unit_test(test_sighup_reload),
         cmocka_unit_test(test_sigterm_in_flight),
         cmocka_unit_test(test_curve),
+        cmocka_unit_test(test_thinking_checkpoint),
+        cmocka_unit_test(test_memory_caps),
     };
     return cmocka_run_group_tests_name("daemon_signals", tests, setup, teardown);
 }

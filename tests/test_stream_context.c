@@ -738,14 +738,14 @@ static void run_schedule(int cap, int reserve, int limit, int npairs, int qevery
 
 static void test_eviction_ring(void **state) {
     (void)state;
-    /* cap ~ 5 pairs: 36 pairs wrap the ring about 7 times */
-    run_schedule(90, 48, 0, 36, 9, false);
+    /* cap ~ 5 pairs: 28 pairs wrap the ring about 5 times */
+    run_schedule(90, 48, 0, 28, 7, false);
 }
 
 static void test_position_shift(void **state) {
     (void)state;
     /* A low position limit makes the stream re-rotate its keys every few pairs. */
-    run_schedule(90, 48, 160, 36, 6, true);
+    run_schedule(90, 48, 160, 28, 7, true);
 }
 
 /* ---- interleaving ----------------------------------------------------------------------------- */
@@ -1052,6 +1052,17 @@ static void test_limits_and_bad_input(void **state) {
     assert_int_equal(n_end, 1);
     assert_int_equal(qi[nqi - 3], tok_token_id(g_tok, "<|im_start|>"));
     vd_query_end(s, q);
+
+    /* Thinking checkpoints: the assistant turn opens with "<think>\n" */
+    vd_sctx_options to = { .cache_tokens = 64, .query_reserve = 24, .thinking = true };
+    vd_sctx *ts = NULL;
+    assert_int_equal(vd_sctx_create(g_m, g_tok, &to, &ts, err, sizeof err), 0);
+    vd_query_params thp = { .prompt = "hi", .max_tokens = 2, .sampling = model_sampling_default() };
+    assert_int_equal(vd_query_begin(ts, &thp, &q, &code, err, sizeof err), 0);
+    nqi = vd_query_prompt_ids(q, &qi);
+    assert_int_equal(qi[nqi - 2], tok_token_id(g_tok, "<think>"));
+    vd_query_end(ts, q);
+    vd_sctx_destroy(ts);
 
     /* one query at a time; the answer runs out of reserved slots -> finish "context" */
     p.prompt = "hi";

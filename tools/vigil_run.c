@@ -249,6 +249,7 @@ static int print_token(void *ctx, int32_t id, const char *text, size_t len)
 
 int main(int argc, char **argv)
 {
+    model_runtime_prepare(argv);
     run_args a;
     if (parse_args(argc, argv, &a) != 0) { fprintf(stderr, "Try 'vigil-run --help'.\n"); return 2; }
 
