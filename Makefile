@@ -29,12 +29,15 @@ TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 TOOL_SRCS  := $(wildcard tools/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
+# Long soaks: not part of `make test`; `make soak` builds and runs them.
+SOAK_SRCS  := $(wildcard tests/soak_*.c)
 FUZZ_SRCS  := $(wildcard tests/fuzz/*.c)
 
 PROGRAMS := $(patsubst %.c,$(BUILD)/bin/%,$(notdir $(PROGRAM_MAINS) $(TOOL_SRCS)))
 PROGRAMS := $(subst _,-,$(PROGRAMS))
 BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+SOAKS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(SOAK_SRCS))
 
 .PHONY: all deps test unit-tests test-asan bench demo install clean fuzz soak
 all: $(PROGRAMS) $(TESTS) $(BENCHES)
@@ -98,6 +101,9 @@ test: deps
 	$(MAKE) fuzz
 	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(PROGRAMS))
 	./tests/run-tests.sh $(BUILD) $(ASAN_BUILD)
+
+soak: deps all $(SOAKS)
+	TEST_GLOB=soak_ ./tests/run-tests.sh $(BUILD)
 
 unit-tests: all
 	./tests/run-tests.sh $(BUILD)

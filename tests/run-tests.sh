@@ -10,8 +10,9 @@ passed=0
 failed=0
 failed_names=()
 for build in "$@"; do
-    for t in "$build"/tests/test_*; do
-        [ -x "$t" ] || continue
+    for t in "$build"/tests/${TEST_GLOB:-test_}*; do
+        [ -x "$t" ] && [ -f "$t" ] || continue
+        case "$t" in *.log) continue ;; esac
         case "$t" in *"${TEST_FILTER:-}"*) ;; *) continue ;; esac
         log="$build/tests/$(basename "$t").log"
         echo "=== $t"
