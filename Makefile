@@ -29,15 +29,12 @@ TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/obj/%.o)
 TOOL_SRCS  := $(wildcard tools/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
-# Long soaks: not part of `make test`; `make soak` builds and runs them.
-SOAK_SRCS  := $(wildcard tests/soak_*.c)
 FUZZ_SRCS  := $(wildcard tests/fuzz/*.c)
 
 PROGRAMS := $(patsubst %.c,$(BUILD)/bin/%,$(notdir $(PROGRAM_MAINS) $(TOOL_SRCS)))
 PROGRAMS := $(subst _,-,$(PROGRAMS))
 BENCHES  := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-SOAKS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(SOAK_SRCS))
 
 .PHONY: all deps test unit-tests test-asan bench demo install clean fuzz soak
 all: $(PROGRAMS) $(TESTS) $(BENCHES)
@@ -102,8 +99,14 @@ test: deps
 	$(MAKE) BUILD=$(ASAN_BUILD) OPT=-O1 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" $(ASAN_BUILD)/libvigil.a $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(TESTS) $(PROGRAMS))
 	./tests/run-tests.sh $(BUILD) $(ASAN_BUILD)
 
-soak: deps all $(SOAKS)
-	TEST_GLOB=soak_ ./tests/run-tests.sh $(BUILD)
+# The long run of the bounded tests inside `make test`: a stream through 400x its cache cap
+# (test_daemon_longrun runs 15x in make test), and an hour-long fuzz campaign.
+# (the fuzz smoke test runs 20 s in make test).
+SOAK_CAPS ?= 400
+SOAK_FUZZ_SECONDS ?= 3600
+soak: deps all fuzz
+	VIGIL_LONGRUN_CAPS=$(SOAK_CAPS) TEST_TIMEOUT=7200 TEST_FILTER=longrun ./tests/run-tests.sh $(BUILD)
+	VIGIL_FUZZ_SECONDS=$(SOAK_FUZZ_SECONDS) TEST_TIMEOUT=7800 TEST_FILTER=fuzz_smoke ./tests/run-tests.sh $(BUILD)
 
 unit-tests: all
 	./tests/run-tests.sh $(BUILD)

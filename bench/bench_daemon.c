@@ -31,112 +31,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "bench/bench_vigild.h"
 #include "daemon/daemon.h"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bench_daemon: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
-static long proc_kb(pid_t pid, const char *key) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    long kb = -1;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, key, kl) == 0) kb = strtol(line + kl, NULL, 10);
-    fclose(f);
-    return kb;
-}
-
-/* ---- the daemon ---------------------------------------------------------------------------------- */
-
-typedef struct daemon_run {
-    pid_t pid;
-    char dir[256], ep[320], log[320];
-} daemon_run;
-
-static cJSON *call(const char *ep, const char *json, int timeout_ms) {
-    char e[256];
-    proto_client *c = proto_client_connect(ep, NULL, e, sizeof e);
-    if (!c) return NULL;
-    cJSON *final = NULL;
-    if (proto_client_request(c, json, timeout_ms, NULL, NULL, &final, e, sizeof e) != 0) final = NULL;
-    proto_client_close(c);
-    return final;
-}
-
-static bool ok(const cJSON *r) {
-    return r && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "ok"));
-}
-
-static double num(const cJSON *o, const char *k) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
-    return cJSON_IsNumber(v) ? v->valuedouble : -1;
-}
-
-static void start_daemon(daemon_run *d, const char *vigild, const char *model, int threads, int budget) {
-    snprintf(d->dir, sizeof d->dir, "/tmp/vigil-bench-XXXXXX");
-    if (!mkdtemp(d->dir)) die("mkdtemp: %s", strerror(errno));
-    snprintf(d->ep, sizeof d->ep, "ipc://%s/vigild.sock", d->dir);
-    snprintf(d->log, sizeof d->log, "%s/vigild.log", d->dir);
-    char cfg[320], text[PATH_MAX + 2048];
-    snprintf(cfg, sizeof cfg, "%s/vigild.json", d->dir);
-    snprintf(text, sizeof text,
-             "{\"model\": \"%s\", \"threads\": %d, \"endpoint\": \"%s\", \"events_endpoint\": \"ipc://%s/events.sock\",\n"
-             " \"log_format\": \"plain\", \"sources\": {\"allowed_protocols\": \"file\"},\n"
-             " \"limits\": {\"max_tokens\": 64, \"default_max_tokens\": 16},\n"
-             " \"memory\": {\"query_reserve_tokens\": 512},\n"
-             " \"stream_defaults\": {\"min_tokens_per_pair\": %d, \"max_tokens_per_pair\": %d, \"cache_tokens\": 65536}}\n",
-             model, threads, d->ep, d->dir, budget, budget);
-    FILE *f = fopen(cfg, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) die("cannot write %s", cfg);
-    d->pid = fork();
-    if (d->pid < 0) die("fork: %s", strerror(errno));
-    if (d->pid == 0) {
-        int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(vigild, vigild, "--config", cfg, (char *)NULL);
-        _exit(127);
-    }
-    double deadline = now_s() + 600;
-    while (now_s() < deadline) {
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) die("vigild exited during start-up; see %s", d->log);
-        cJSON *r = call(d->ep, "{\"id\":\"p\",\"op\":\"ping\"}", 1000);
-        bool up = ok(r);
-        cJSON_Delete(r);
-        if (up) return;
-        usleep(200000);
-    }
-    die("vigild did not start in 10 min; see %s", d->log);
-}
-
-static void stop_daemon(daemon_run *d) {
-    kill(d->pid, SIGTERM);
-    int st;
-    for (int i = 0; i < 600 && waitpid(d->pid, &st, WNOHANG) != d->pid; i++) usleep(100000);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", d->dir);
-}
 
 static cJSON *stream_status(const daemon_run *d, cJSON **root) {
     *root = call(d->ep, "{\"id\":\"s\",\"op\":\"status\",\"stream\":\"cam\"}", 30000);
@@ -273,20 +169,7 @@ int main(int argc, char **argv) {
     char model_abs[PATH_MAX];
     if (!realpath(model_dir, model_abs)) die("%s: %s", model_dir, strerror(errno));
     char vigild[PATH_MAX + 32];
-    const char *vb = getenv("VIGIL_BUILD");
-    if (vb && *vb) {
-        snprintf(vigild, sizeof vigild, "%s/bin/vigild", vb);
-    } else {
-        char self[PATH_MAX];
-        ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
-        if (l <= 0) die("cannot find myself");
-        self[l] = 0;
-        char *slash = strrchr(self, '/');   /* .../build/bench/bench_daemon -> .../build/bin/vigild */
-        if (slash) *slash = 0;
-        slash = strrchr(self, '/');
-        if (slash) *slash = 0;
-        snprintf(vigild, sizeof vigild, "%s/bin/vigild", self);
-    }
+    bench_program("vigild", vigild, sizeof vigild);
     if (access(vigild, X_OK) != 0) die("%s: %s (build it first)", vigild, strerror(errno));
     int pairs = seconds;   /* 2 fps: one pair per second */
     printf("bench_daemon: %s, %d s of video at 2 fps (%d pairs) per budget, vigild %s\n", model_abs, seconds, pairs,
@@ -302,7 +185,14 @@ int main(int argc, char **argv) {
         int side = (int)lround(sqrt(r->budget * 1024.0) / 32) * 32;   /* 64 -> 256 px, 256 -> 512 px */
         if (side * side / 1024 != r->budget) die("budget %d: use a square number of tokens x 1024 px", r->budget);
         daemon_run d;
-        start_daemon(&d, vigild, model_abs, threads, r->budget);
+        char extra[512];
+        snprintf(extra, sizeof extra,
+                 "\"sources\": {\"allowed_protocols\": \"file\"},\n"
+                 " \"limits\": {\"max_tokens\": 64, \"default_max_tokens\": 16},\n"
+                 " \"memory\": {\"query_reserve_tokens\": 512},\n"
+                 " \"stream_defaults\": {\"min_tokens_per_pair\": %d, \"max_tokens_per_pair\": %d, \"cache_tokens\": 65536}",
+                 r->budget, r->budget);
+        start_daemon(&d, vigild, model_abs, threads, extra);
         char clip[400], cmd[1024];
         snprintf(clip, sizeof clip, "%s/clip.mp4", d.dir);
         snprintf(cmd, sizeof cmd, "ffmpeg -nostdin -v error -y -f lavfi -i testsrc2=size=%dx%d:rate=4 -t %d "

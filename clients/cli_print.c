@@ -263,8 +263,10 @@ void cli_print_status(FILE *out, const cJSON *reply)
     char up[48], q[48];
     fmt_uptime(up, sizeof up, num_of(reply, "uptime_s"));
     fmt_num(q, sizeof q, num_of(reply, "queue_depth"), 0);
-    fprintf(out, "vigild %s, up %s, model %s, queries waiting %s\n",
-            or_dash(str_of(reply, "version")), up, or_dash(str_of(reply, "model")), q);
+    /* `status STREAM` replies with that stream only: no daemon line then */
+    if (str_of(reply, "version") || !cJSON_GetObjectItemCaseSensitive(reply, "stream"))
+        fprintf(out, "vigild %s, up %s, model %s, queries waiting %s\n",
+                or_dash(str_of(reply, "version")), up, or_dash(str_of(reply, "model")), q);
     const cJSON **streams;
     size_t n = reply_streams(reply, &streams);
     if (n)
@@ -365,8 +367,16 @@ void cli_print_timing(FILE *out, const cJSON *done)
     fmt_num(pb, sizeof pb, prompt, 0);
     fmt_num(cb, sizeof cb, cached, 0);
     fprintf(out, "queue %s, first token %s, %s tokens in %s (%s tokens/s), %s; prompt %s tokens "
-            "(%s cached)\n", queue, ttft, ntokb, total, tpsb,
+            "(%s cached)", queue, ttft, ntokb, total, tpsb,
             or_dash(str_of(done, "finish_reason")), pb, cb);
+    /* a stream's answer: the newest frames it saw, as the model's <t seconds> stamp shows them */
+    double media = num_of(done, "media_time");
+    if (!isnan(media) && media >= 0) {
+        char mb[32];
+        fmt_media(mb, sizeof mb, media);
+        fprintf(out, "; frames up to %s", mb);
+    }
+    fputc('\n', out);
 }
 
 static bool topic_has_prefix(const char *topic, const char *prefix)

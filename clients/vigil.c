@@ -139,8 +139,10 @@ static int run_simple(const cli_invocation *inv)
             break;
         case CLI_CMD_STREAM_ADD: {
             const cJSON *s = cJSON_GetObjectItemCaseSensitive(reply, "stream");
-            printf("stream %s added: %s\n", reply_str(req, "stream", "?"),
-                   reply_str(s, "state", "starting"));
+            const char *state = reply_str(s, "state", "starting"), *detail = reply_str(s, "detail", "");
+            bool explain = *detail && strcmp(state, "running") != 0;   /* e.g. why it is reconnecting */
+            printf("stream %s added: %s%s%s%s\n", reply_str(req, "stream", "?"), state, explain ? " (" : "",
+                   explain ? detail : "", explain ? ")" : "");
             break;
         }
         case CLI_CMD_STREAM_RM:

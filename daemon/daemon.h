@@ -1,6 +1,6 @@
 /* daemon.h — vigild, the daemon layer's contract.
  *
- * Three parts:
+ * Four parts:
  *   1. Logging (vd_log): one line per event on stderr, syslog "<N>" prefixes under journald.
  *   2. Configuration (vd_config): defaults, then the JSON file (--config), then command-line
  *      flags (flags win). Errors name the file, the key and what was expected.
@@ -165,6 +165,7 @@ typedef struct vd_features {
  * slots) and prefills the prefix. m and tok must outlive it. */
 int vd_sctx_create(model *m, const tokenizer *tok, const vd_sctx_options *opt, vd_sctx **out,
                    char *err, size_t errlen);
+/* Frees the context; a query still running on it is ended and freed too. NULL is fine. */
 void vd_sctx_destroy(vd_sctx *s);
 
 /* Patchifies and vision-encodes a pair (no change to the cache). */

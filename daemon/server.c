@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1157,8 +1159,28 @@ static void begin_close(vd_daemon *d) {
 
 /* ---- sockets ---------------------------------------------------------------------------------------- */
 
+/* libzmq binds an ipc:// endpoint by unlinking whatever socket file is there, so a second
+ * vigild would silently take the first one's clients. A socket file that accepts a connection
+ * belongs to a live process: refuse. */
+static bool ipc_endpoint_in_use(const char *ep) {
+    if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@') return false;
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    if (strlen(ep + 6) >= sizeof a.sun_path) return false;
+    strcpy(a.sun_path, ep + 6);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool live = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return live;
+}
+
 static int setup_socket(vd_daemon *d, void *s, const char *ep, const char *what, char *err, size_t errlen) {
     int linger = 2000, one = 1;
+    if (ipc_endpoint_in_use(ep)) {
+        snprintf(err, errlen, "cannot bind the %s socket to %s: another process is listening there (is another "
+                 "vigild running?)", what, ep);
+        return -1;
+    }
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     if (d->cfg->curve_secret_key) {
         if (zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, "vigil", 5) != 0 ||
@@ -1333,7 +1355,16 @@ static void daemon_free(vd_daemon *d) {
     free(d);
 }
 
+/* FFmpeg's own messages become log lines like every other event: its errors (a refused
+ * connection, a corrupt packet) at info, since the stream's state already reports what they
+ * mean; its warnings and chatter at debug. */
+static void ffmpeg_log_line(void *user, int level, const char *line) {
+    (void)user;
+    vd_log(level == INGEST_LOG_ERROR ? VD_LOG_INFO : VD_LOG_DEBUG, "ffmpeg: %s", line);
+}
+
 int vd_daemon_run(vd_config *cfg) {
+    ingest_set_log_handler(ffmpeg_log_line, NULL, vd_log_enabled(VD_LOG_DEBUG));
     vd_daemon *d = calloc(1, sizeof *d);
     if (!d) {
         vd_log(VD_LOG_ERR, "out of memory");

@@ -692,15 +692,10 @@ int vd_query_begin(vd_sctx *s, const vd_query_params *p, vd_query **out, proto_e
         *code = PROTO_E_BAD_REQUEST;
         return sc_err(err, errlen, "query: a prompt and max_tokens >= 1 are required");
     }
-    /* Window selection first: cheap, and the commonest user error. */
+    /* The window: "last N seconds" counts back from the newest pair. */
     double newest_t1 = 0;
-    int newest = -1, n_live = 0;
     for (int i = 0; i < s->n_segs; i++)
-        if (!s->segs[i]->zombie) {
-            newest = i;
-            n_live++;
-        }
-    if (newest >= 0) newest_t1 = s->segs[newest]->t1;
+        if (!s->segs[i]->zombie) newest_t1 = s->segs[i]->t1;
     int selected = 0, sel_tokens = 0;
     double media_time = -1;
     for (int i = 0; i < s->n_segs; i++) {
@@ -714,7 +709,6 @@ int vd_query_begin(vd_sctx *s, const vd_query_params *p, vd_query **out, proto_e
     }
     /* A window without frames answers from the prefix alone (docs/protocol.md): usage shows
      * what was seen. */
-    (void)n_live;
     vd_query *q = calloc(1, sizeof *q);
     if (!q) return sc_err(err, errlen, "query: out of memory");
     q->pending = -1;
@@ -737,7 +731,7 @@ int vd_query_begin(vd_sctx *s, const vd_query_params *p, vd_query **out, proto_e
     if (nq <= 0) {
         query_free(q);
         *code = PROTO_E_BAD_REQUEST;
-        return sc_err(err, errlen, "query: the prompt could not be tokenized");
+        return sc_err(err, errlen, "query: the prompt could not be tokenized%s%s", cerr[0] ? ": " : "", cerr);
     }
     q->n_q = (int)nq;
     if (q->n_q + 1 > s->opt.query_reserve) {

@@ -111,6 +111,12 @@ struct vd_stream {
     uint64_t rate_frames, rate_pairs;
 
     _Atomic int pair_ready;       /* set by the source thread */
+    /* The source ended or failed: the stream shows it once its queued pairs are in the context
+     * (a client that waits for "ended" then asks sees the whole input). end_state/end_detail
+     * are written by the source thread before end_pending is set. */
+    _Atomic int end_pending;
+    proto_stream_state end_state;
+    char end_detail[256];
 
     /* shared figures (under mu) */
     pthread_mutex_t mu;

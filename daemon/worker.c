@@ -141,27 +141,6 @@ static void job_fail(vd_daemon *d, vd_job *job, proto_errc code, const char *msg
     post_frame(d, job, json, true);
 }
 
-/* A done frame cut by shutdown carries error.code "shutting_down" next to finish_reason
- * (the builder reserves "error", so it is added afterwards). */
-static char *add_shutdown_error(char *json) {
-    cJSON *o = json ? cJSON_Parse(json) : NULL;
-    if (!o) return json;
-    cJSON *e = cJSON_CreateObject();
-    if (e && cJSON_AddStringToObject(e, "code", proto_errc_name(PROTO_E_SHUTTING_DOWN)) &&
-        cJSON_AddStringToObject(e, "message", "vigild is stopping: the answer was cut short") &&
-        cJSON_AddItemToObject(o, "error", e)) {
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) {
-            free(json);
-            json = s;
-        }
-    } else {
-        cJSON_Delete(e);
-    }
-    cJSON_Delete(o);
-    return json;
-}
-
 static void record_latency(vd_stream *st, double total_ms, double ttft_ms) {
     if (!st) return;
     pthread_mutex_lock(&st->mu);
@@ -200,8 +179,17 @@ static void job_done(vd_daemon *d, vd_stream *st, vd_job *job, vd_query *q, bool
         vd_post_result(d, res);
         return;
     }
-    char *json = proto_event_done(job->id, r.text ? r.text : "", r.finish, &r.usage, &tm, NULL);
-    if (cut) json = add_shutdown_error(json);
+    /* A done frame cut by shutdown carries error.code "shutting_down" next to finish_reason;
+     * a stream's answer says which media time it saw up to. */
+    proto_error shutdown = { .code = PROTO_E_SHUTTING_DOWN };
+    snprintf(shutdown.message, sizeof shutdown.message, "vigild is stopping: the answer was cut short");
+    cJSON *body = NULL;
+    if (job->kind == VD_JOB_QUERY && r.media_time >= 0 && (body = cJSON_CreateObject()) &&
+        !cJSON_AddNumberToObject(body, "media_time", r.media_time)) {
+        cJSON_Delete(body);
+        body = NULL;
+    }
+    char *json = proto_event_done(job->id, r.text ? r.text : "", r.finish, &r.usage, &tm, cut ? &shutdown : NULL, body);
     vd_log(VD_LOG_DEBUG, "%s %s done: %s, %lld tokens, ttft %.0f ms, total %.0f ms",
            job->kind == VD_JOB_IMAGE ? "image" : "query", job->id, proto_finish_name(r.finish),
            (long long)r.usage.completion_tokens, tm.ttft_ms, tm.total_ms);
@@ -223,6 +211,21 @@ static proto_stream_state map_state(ingest_state s) {
     return PROTO_STREAM_FAILED;
 }
 
+/* The stream's state as clients see it: status figures and a stream.state result. */
+static void publish_state(vd_daemon *d, vd_stream *st, proto_stream_state ps, const char *det) {
+    pthread_mutex_lock(&st->mu);
+    st->state = ps;
+    snprintf(st->detail, sizeof st->detail, "%s", det);
+    pthread_mutex_unlock(&st->mu);
+    vd_result *r = res_new(VD_RES_STREAM_STATE);
+    if (r) {
+        r->stream = vd_stream_ref(st);
+        r->state = ps;
+        snprintf(r->detail, sizeof r->detail, "%s", det);
+        vd_post_result(d, r);
+    }
+}
+
 static void src_on_state(void *user, ingest_source *src, ingest_state old_state, ingest_state new_state,
                          const char *detail) {
     (void)src;
@@ -235,18 +238,15 @@ static void src_on_state(void *user, ingest_source *src, ingest_state old_state,
         snprintf(det, sizeof det, "stalled: %s", detail && *detail ? detail : "no frames");
     else
         snprintf(det, sizeof det, "%s", detail ? detail : "");
-    pthread_mutex_lock(&st->mu);
-    st->state = ps;
-    snprintf(st->detail, sizeof st->detail, "%s", det);
-    pthread_mutex_unlock(&st->mu);
-    vd_result *r = res_new(VD_RES_STREAM_STATE);
-    if (r) {
-        r->stream = vd_stream_ref(st);
-        r->state = ps;
-        snprintf(r->detail, sizeof r->detail, "%s", det);
-        vd_post_result(d, r);
+    if (ps == PROTO_STREAM_ENDED || ps == PROTO_STREAM_FAILED) {
+        /* The worker drains what is left of the source, then publishes the end. */
+        st->end_state = ps;
+        snprintf(st->end_detail, sizeof st->end_detail, "%s", det);
+        atomic_store(&st->end_pending, 1);
+        atomic_store(&st->pair_ready, 1);
+    } else {
+        publish_state(d, st, ps, det);
     }
-    /* The worker drains what is left of an ended source. */
     pthread_mutex_lock(&d->mu);
     pthread_cond_signal(&d->cond);
     pthread_mutex_unlock(&d->mu);
@@ -626,7 +626,10 @@ static void ingest_one(vd_daemon *d, vd_stream *st) {
     }
     if (!atomic_exchange(&st->pair_ready, 0)) return;
     ingest_pair *p = NULL;
-    if (ingest_source_pop(st->src, &p, 0) != 0) return;
+    int pop = ingest_source_pop(st->src, &p, 0);
+    if (pop == INGEST_EOF && atomic_exchange(&st->end_pending, 0))
+        publish_state(d, st, st->end_state, st->end_detail);   /* every pair is in */
+    if (pop != 0) return;
     atomic_store(&st->pair_ready, 1);   /* there may be more */
     vd_features f;
     int rc = vd_sctx_encode(st->ctx, p, &f, err, sizeof err);

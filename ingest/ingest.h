@@ -159,7 +159,7 @@ typedef enum ingest_state {
     INGEST_STATE_CONNECTING,     /* opening the input for the first time */
     INGEST_STATE_LIVE,           /* frames flowing */
     INGEST_STATE_STALLED,        /* frames stopped: silent past stall_timeout or connection lost */
-    INGEST_STATE_RECONNECTING,   /* reopening after a loss, with backoff */
+    INGEST_STATE_RECONNECTING,   /* reopening after a loss (or a failed first attempt), with backoff */
     INGEST_STATE_ENDED,          /* finished normally (end of file, stop requested) */
     INGEST_STATE_FAILED,         /* gave up: see ingest_source_last_error */
 } ingest_state;
@@ -185,7 +185,8 @@ typedef enum ingest_live_mode {
 
 typedef struct ingest_source ingest_source;
 
-/* Called on the source thread on every state change (old != new). detail may be "" . */
+/* Called on the source thread on every state change (old != new). detail may be "" . When it
+ * reports ENDED or FAILED, ingest_source_pop already returns INGEST_EOF once the queue is empty. */
 typedef void (*ingest_state_cb)(void *user, ingest_source *src, ingest_state old_state,
                                 ingest_state new_state, const char *detail);
 /* Called on the source thread after a pair was queued (e.g. to uv_async_send). */
@@ -314,6 +315,18 @@ int ingest_source_info(const ingest_source *src, ingest_info *out);
 /* The last error message ("" if none) copied into buf. */
 void ingest_source_last_error(const ingest_source *src, char *buf, size_t buflen);
 const char *ingest_source_url(const ingest_source *src);
+
+/* ---- FFmpeg's own messages ------------------------------------------------------------ */
+
+/* FFmpeg libraries print their messages (connection refused, corrupt packets, ...) straight
+ * to stderr. A program with its own log hands them to fn instead: one call per complete line,
+ * without the newline, prefixed with the FFmpeg component ("tcp: Connection to ... refused").
+ * level: INGEST_LOG_ERROR, INGEST_LOG_WARNING, or INGEST_LOG_INFO (verbose messages are only
+ * passed with want_info). fn == NULL restores FFmpeg's default printing. Process-wide; fn
+ * is called from whichever thread FFmpeg logs on, so it must be thread-safe. */
+enum { INGEST_LOG_ERROR = 0, INGEST_LOG_WARNING = 1, INGEST_LOG_INFO = 2 };
+typedef void (*ingest_log_fn)(void *user, int level, const char *line);
+void ingest_set_log_handler(ingest_log_fn fn, void *user, bool want_info);
 
 /* ---- one-off images ----------------------------------------------------------------- */
 

@@ -924,6 +924,10 @@ static int open_input(ingest_source *s, bool first_open, bool *fatal, char *err,
         av_dict_set(&o, "protocol_whitelist", "none", 0);
     } else {
         av_dict_set(&o, "protocol_whitelist", s->ff_protocols, 0);
+        /* an image path or URL: still-image demuxers only, so that a text file is not read
+         * as a "video" by the tty demuxer, nor a playlist followed */
+        if (s->force_image)
+            av_dict_set(&o, "format_whitelist", "image2," INGEST_IMAGE_DEMUXERS, 0);
     }
     char num[32];
     if (strncmp(s->ui.scheme, "rtsp", 4) == 0) {
@@ -955,6 +959,9 @@ static int open_input(ingest_source *s, bool first_open, bool *fatal, char *err,
         av_err(rc, e, sizeof(e));
         if (s->timed_out)
             snprintf(e, sizeof(e), "no answer within %d ms", s->opt.io_timeout_ms);
+        else if (s->force_image && (rc == AVERROR(EINVAL) || rc == AVERROR_INVALIDDATA))
+            snprintf(e, sizeof(e), "not a still image in a format FFmpeg decodes (PNG, JPEG, WebP, BMP, "
+                                   "TIFF, GIF, ...)");
         ingest_set_err(err, errlen, "cannot open '%s': %s", s->url, e);
         *fatal = fatal_open_error(rc) || (!s->ui.live && s->ui.kind == INGEST_KIND_FILE);
         return INGEST_EIO;
@@ -1275,9 +1282,11 @@ static void *source_thread(void *arg)
     bool looping = false;     /* reopening a file for loop=true: not a reconnect */
 
     while (!atomic_load(&s->stop)) {
-        if (first)
+        /* A live source that cannot be reached yet says so after its first attempt
+         * (RECONNECTING, with the error) instead of staying CONNECTING for ever. */
+        if (first && attempt == 0)
             set_state(s, INGEST_STATE_CONNECTING, s->url);
-        else if (!looping)
+        else if (!looping && !first)
             set_state(s, INGEST_STATE_RECONNECTING, err);
         bool fatal = false;
         int rc = open_input(s, first, &fatal, err, sizeof(err));
@@ -1299,6 +1308,8 @@ static void *source_thread(void *arg)
                 break;
             }
             looping = false;
+            if (first)
+                set_state(s, INGEST_STATE_RECONNECTING, err);
             backoff_wait(s, attempt);
             continue;
         }
@@ -1405,11 +1416,16 @@ static void *source_thread(void *arg)
         snprintf(final_detail, sizeof(final_detail), "stopped");
     if (final_state == INGEST_STATE_FAILED)
         set_error(s, final_detail);
-    set_state(s, final_state, final_detail);
+    /* The final state and "finished" change together, before on_state runs: a consumer told
+     * ENDED/FAILED gets INGEST_EOF from ingest_source_pop as soon as the queue is empty. */
     pthread_mutex_lock(&s->mu);
+    ingest_state old = (ingest_state)atomic_load(&s->state);
+    atomic_store(&s->state, (int)final_state);
     s->finished = true;
     pthread_cond_broadcast(&s->cv_pop);
     pthread_mutex_unlock(&s->mu);
+    if (old != final_state && s->opt.on_state)
+        s->opt.on_state(s->opt.user, s, old, final_state, final_detail);
     return NULL;
 }
 

@@ -1,4 +1,6 @@
 /* runtime.c — process-level settings the model's math threads need before they exist. */
+#include <limits.h>
+#include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -12,6 +14,14 @@ void model_runtime_prepare(char **argv)
 {
     if (getenv("OMP_WAIT_POLICY")) return;
     setenv("OMP_WAIT_POLICY", "passive", 1);
+    /* Exec the program by its real path: the process name (comm) comes from the path's last
+     * component, and "exe" would hide vigild from pkill, ps -C and journald's identifier. */
+    char path[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n > 0) {
+        path[n] = '\0';
+        if (!strstr(path, " (deleted)")) execv(path, argv);
+    }
     execv("/proc/self/exe", argv);
     /* exec failed (no /proc): carry on with the spinning policy */
 }

@@ -203,13 +203,24 @@ static bool add_obj(cJSON *f, const char *key, cJSON *o)
 }
 
 char *proto_event_done(const char *id, const char *text, proto_finish finish,
-                       const proto_usage *usage, const proto_timing *timing, cJSON *body)
+                       const proto_usage *usage, const proto_timing *timing,
+                       const proto_error *error, cJSON *body)
 {
     cJSON *f = new_frame(id);
+    cJSON *e = NULL;
+    if (error && (!(e = cJSON_CreateObject()) || !add_str(e, "code", proto_errc_name(error->code)) ||
+                  !add_str(e, "message", error->message))) {
+        cJSON_Delete(e);
+        e = NULL;
+        cJSON_Delete(f);
+        f = NULL;
+    }
     if (!f || !cJSON_AddTrueToObject(f, "ok") || !add_str(f, "event", "done") ||
         !add_str(f, "text", text ? text : "") ||
         !add_str(f, "finish_reason", proto_finish_name(finish)) ||
-        !add_obj(f, "usage", usage_json(usage)) || !add_obj(f, "timing", timing_json(timing))) {
+        !add_obj(f, "usage", usage_json(usage)) || !add_obj(f, "timing", timing_json(timing)) ||
+        (e && !add_obj(f, "error", e))) {
+        if (e && !cJSON_GetObjectItemCaseSensitive(f, "timing")) cJSON_Delete(e);
         cJSON_Delete(f);
         cJSON_Delete(body);
         return NULL;

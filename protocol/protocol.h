@@ -325,9 +325,11 @@ typedef struct proto_timing {
 } proto_timing;
 
 /* The final frame of a query/image: {"v","id","ok":true,"event":"done","text",
- * "finish_reason","usage","timing"} plus the members of body (may be NULL). */
+ * "finish_reason","usage","timing"} plus "error":{"code","message"} when error is not NULL (an
+ * answer cut short, e.g. by shutdown) plus the members of body (may be NULL; taken). */
 char *proto_event_done(const char *id, const char *text, proto_finish finish,
-                       const proto_usage *usage, const proto_timing *timing, cJSON *body);
+                       const proto_usage *usage, const proto_timing *timing,
+                       const proto_error *error, cJSON *body);
 
 /* PUB events ------------------------------------------------------------------------------ */
 

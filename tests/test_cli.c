@@ -763,6 +763,15 @@ static void test_output(void **state)
                              "stop; prompt 5012 tokens (4980 cached)\n");
     free(out);
     cJSON_Delete(done);
+    done = cJSON_Parse("{\"ok\":true,\"event\":\"done\",\"text\":\"red\",\"finish_reason\":\"stop\","
+                       "\"usage\":{\"prompt_tokens\":135,\"completion_tokens\":2,\"cached_tokens\":123},"
+                       "\"timing\":{\"queue_ms\":0.2,\"ttft_ms\":6.9,\"total_ms\":8.8,\"tokens_per_s\":228.4},"
+                       "\"media_time\":75.25}");
+    out = capture(print_timing_fn, done);
+    assert_string_equal(out, "queue 0 ms, first token 7 ms, 2 tokens in 9 ms (228.4 tokens/s), stop; prompt 135 "
+                             "tokens (123 cached); frames up to 1:15.2\n");
+    free(out);
+    cJSON_Delete(done);
 
     cJSON *ev = cJSON_Parse("{\"v\":1,\"event\":\"alert\",\"time\":\"2025-01-31T10:02:10.004Z\","
                             "\"watch\":\"gate_open\",\"stream\":\"gate\",\"value\":\"yes\","

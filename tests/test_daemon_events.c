@@ -9,7 +9,8 @@
  *    time the answer becomes "green" (edge-triggered: none for consecutive green answers); a timed watch
  *    (every 1 s) publishes too; removed watches stop;
  *  - several streams at once, one of them a live MPEG-TS source over loopback UDP sent by the ffmpeg
- *    CLI in real time: concurrent questions on all of them get the right colours. */
+ *    CLI in real time: concurrent questions on all of them get the right colours;
+ *  - a loopback RTSP camera (tests/support/media_rtsp_server.py, GStreamer): the right colour. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,7 +36,7 @@ static int setup(void **state) {
     }
     /* 128x128 frames: 16 visual tokens per pair, as the demo model was trained */
     const char *extra =
-        "\"sources\": {\"allowed_protocols\": \"file,udp\"},\n"
+        "\"sources\": {\"allowed_protocols\": \"file,udp,rtsp,rtp,tcp\"},\n"
         " \"stream_defaults\": {\"min_tokens_per_pair\": 4, \"max_tokens_per_pair\": 16, \"cache_tokens\": 4096},\n"
         " \"shutdown_grace_seconds\": 2";
     return td_start(&g_d, DEMO_MODEL, extra, NULL, NULL);
@@ -46,23 +47,6 @@ static int teardown(void **state) {
     int rc = td_stop(&g_d);
     td_cleanup(&g_d);
     return rc == 0 ? 0 : -1;
-}
-
-static void add_stream(const char *name, const char *url, const char *options) {
-    cJSON *r = td_callf(&g_d, 30000, "{\"id\":\"add-%s\",\"op\":\"stream.add\",\"stream\":\"%s\",\"url\":\"%s\"%s%s}", name,
-                        name, url, options ? "," : "", options ? options : "");
-    if (!td_ok(r)) {
-        char *s = r ? cJSON_PrintUnformatted(r) : NULL;
-        td_dump_log(&g_d);
-        fail_msg("stream.add %s: %s", name, s ? s : "no reply");
-    }
-    cJSON_Delete(r);
-}
-
-static void remove_stream(const char *name) {
-    cJSON *r = td_callf(&g_d, 30000, "{\"id\":\"rm-%s\",\"op\":\"stream.remove\",\"stream\":\"%s\"}", name, name);
-    assert_true(td_ok(r));
-    cJSON_Delete(r);
 }
 
 /* The answer text (caller frees) of a question, with optional extra request members. */
@@ -83,7 +67,7 @@ static void test_window_semantics(void **state) {
     (void)state;
     char url[PATH_MAX + 32];
     snprintf(url, sizeof url, "%s/clip08_color_now.mp4", g_clips);
-    add_stream("c8", url, NULL);
+    td_add_stream(&g_d, "c8", url, NULL);
     assert_true(td_wait_state(&g_d, "c8", "ended", 60000));
     assert_true(td_wait_pairs(&g_d, "c8", 8, 60000));
     char *all = ask("c8", "What color is the shape?", NULL, NULL);
@@ -103,7 +87,7 @@ static void test_window_semantics(void **state) {
     free(first);
     free(last);
     free(none);
-    remove_stream("c8");
+    td_remove_stream(&g_d, "c8");
 }
 
 /* ---- watches ------------------------------------------------------------------------------------ */
@@ -125,7 +109,7 @@ static void test_watch_alerts(void **state) {
     char url[PATH_MAX + 32];
     snprintf(url, sizeof url, "%s/clip06_color_now.mp4", g_clips);
     /* yellow for one pair, then green for three; looped at its own pace like a camera */
-    add_stream("c6", url, "\"options\":{\"loop\":true,\"realtime\":true}");
+    td_add_stream(&g_d, "c6", url, "\"options\":{\"loop\":true,\"realtime\":true}");
     cJSON *r = td_call(&g_d,
                        "{\"id\":\"w\",\"op\":\"watch.add\",\"stream\":\"c6\",\"name\":\"greenwatch\","
                        "\"prompt\":\"What color is the shape?\",\"on_pair\":true,\"window\":{\"last_seconds\":0.5},"
@@ -245,7 +229,7 @@ static void test_watch_alerts(void **state) {
     }
     assert_int_equal(late, 0);
     proto_subscriber_close(sub);
-    remove_stream("c6");
+    td_remove_stream(&g_d, "c6");
 }
 
 /* ---- several streams, one live over UDP -------------------------------------------------------------- */
@@ -276,9 +260,9 @@ static void test_live_udp_and_files(void **state) {
     pid_t tx = media_spawn(log, "exec ffmpeg -nostdin -hide_banner -loglevel error -re -stream_loop -1 -i '%s' "
                                 "-c copy -f mpegts 'udp://127.0.0.1:%d?pkt_size=1316'", clip0, port);
     assert_true(tx > 0);
-    add_stream("live", url, "\"options\":{\"timeout_ms\":5000}");
-    add_stream("f0", clip0, NULL);
-    add_stream("f1", clip1, NULL);   /* a yellow triangle */
+    td_add_stream(&g_d, "live", url, "\"options\":{\"timeout_ms\":5000}");
+    td_add_stream(&g_d, "f0", clip0, NULL);
+    td_add_stream(&g_d, "f1", clip1, NULL);   /* a yellow triangle */
     if (!td_wait_pairs(&g_d, "live", 3, 60000)) {
         td_dump_log(&g_d);
         media_kill(tx, 1000);
@@ -302,10 +286,51 @@ static void test_live_udp_and_files(void **state) {
     assert_true(td_num(s, "frames_in") > 0);
     assert_string_equal(td_str(s, "url"), url);
     cJSON_Delete(root);
-    remove_stream("live");
-    remove_stream("f0");
-    remove_stream("f1");
+    td_remove_stream(&g_d, "live");
+    td_remove_stream(&g_d, "f0");
+    td_remove_stream(&g_d, "f1");
     media_kill(tx, 2000);
+}
+
+/* ---- an RTSP camera --------------------------------------------------------------------------------- */
+
+static bool have_rtsp_server(void) {
+    return media_sh("/usr/bin/python3 -c 'import gi, sys; gi.require_version(\"Gst\", \"1.0\"); "
+                    "gi.require_version(\"GstRtspServer\", \"1.0\"); "
+                    "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+                    "sys.exit(0 if Gst.ElementFactory.find(\"qtdemux\") and "
+                    "Gst.ElementFactory.find(\"rtph264pay\") else 1)'") == 0;
+}
+
+static void test_live_rtsp(void **state) {
+    (void)state;
+    if (!have_rtsp_server()) {
+        printf("GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) not installed: skipped\n");
+        skip();
+    }
+    char clip[PATH_MAX + 32], log[512], url[128];
+    snprintf(clip, sizeof clip, "%s/clip01_shape.mp4", g_clips);   /* a yellow triangle */
+    int port = media_free_port(SOCK_STREAM);
+    snprintf(log, sizeof log, "%s/rtsp.log", g_d.dir);
+    pid_t srv = media_spawn(log, "exec /usr/bin/python3 tests/support/media_rtsp_server.py %d '%s'", port, clip);
+    assert_true(srv > 0);
+    if (!media_wait_tcp(port, 15000)) {
+        media_kill(srv, 500);
+        fail_msg("the RTSP server did not start (see %s)", log);
+    }
+    snprintf(url, sizeof url, "rtsp://127.0.0.1:%d/cam", port);
+    td_add_stream(&g_d, "cam", url, "\"options\":{\"rtsp_transport\":\"tcp\",\"timeout_ms\":5000}");
+    if (!td_wait_pairs(&g_d, "cam", 2, 30000)) {
+        td_dump_log(&g_d);
+        media_kill(srv, 500);
+        fail_msg("no frame pairs from %s in 30 s", url);
+    }
+    char *a = ask("cam", "What color is the shape?", NULL, NULL);
+    printf("RTSP camera: %s\n", a);
+    assert_string_equal(a, "yellow");
+    free(a);
+    td_remove_stream(&g_d, "cam");
+    media_kill(srv, 2000);
 }
 
 int main(void) {
@@ -313,6 +338,7 @@ int main(void) {
         cmocka_unit_test(test_window_semantics),
         cmocka_unit_test(test_watch_alerts),
         cmocka_unit_test(test_live_udp_and_files),
+        cmocka_unit_test(test_live_rtsp),
     };
     int rc = cmocka_run_group_tests_name("daemon_events", tests, setup, teardown);
     media_kill_all();

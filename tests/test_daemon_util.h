@@ -1,7 +1,8 @@
 /* test_daemon_util.h — helpers shared by the tests/test_daemon_*.c programs (header-only: the
  * Makefile builds one program per tests/test_*.c). The real vigild from $VIGIL_BUILD/bin runs as a
  * child process with a configuration written here (tiny golden checkpoint, ipc:// endpoints in a
- * temporary directory); clients are real ZeroMQ clients through protocol.h's helpers. */
+ * temporary directory); clients are real ZeroMQ clients through protocol.h's helpers.
+ * Include <cmocka.h> first: some helpers fail the running test. */
 #ifndef VIGIL_TESTS_TEST_DAEMON_UTIL_H
 #define VIGIL_TESTS_TEST_DAEMON_UTIL_H
 
@@ -264,6 +265,25 @@ static inline double td_stream_num(const td *t, const char *stream, const char *
     double v = td_num(s, key);
     cJSON_Delete(root);
     return v;
+}
+
+/* stream.add with optional extra request members ("\"cache_tokens\":1024"); fails the test
+ * (with the daemon's log) unless it is accepted. */
+static inline void td_add_stream(const td *t, const char *name, const char *url, const char *more) {
+    cJSON *r = td_callf(t, 30000, "{\"id\":\"add-%s\",\"op\":\"stream.add\",\"stream\":\"%s\",\"url\":\"%s\"%s%s}", name,
+                        name, url, more ? "," : "", more ? more : "");
+    if (!td_ok(r)) {
+        char *s = r ? cJSON_PrintUnformatted(r) : NULL;
+        td_dump_log(t);
+        fail_msg("stream.add %s: %s", name, s ? s : "no reply");
+    }
+    cJSON_Delete(r);
+}
+
+static inline void td_remove_stream(const td *t, const char *name) {
+    cJSON *r = td_callf(t, 30000, "{\"id\":\"rm-%s\",\"op\":\"stream.remove\",\"stream\":\"%s\"}", name, name);
+    assert_true(td_ok(r));
+    cJSON_Delete(r);
 }
 
 static inline bool td_wait_pairs(const td *t, const char *stream, int n, int timeout_ms) {

@@ -283,6 +283,19 @@ static void test_protocol_policy(void **state)
     assert_null(p);
     assert_int_equal(ingest_image_load("subfile:,start,0,end,9,:/etc/hostname", &files, &p, err,
                                        sizeof(err)), INGEST_EPERM);
+    /* allowed, but not a still image: a text file (the tty demuxer would "decode" it) and a
+     * video are refused by the still-image demuxer list, with a message that says so */
+    char text[512], video[512];
+    path(text, sizeof(text), "notes.txt");
+    assert_int_equal(media_write_file(text, "hello, this is not a picture\n", 29), 0);
+    path(video, sizeof(video), "still.mp4");
+    make_clip("still.mp4", 4, "-c:v libx264 -pix_fmt yuv420p");
+    const char *not_images[] = { text, video };
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ingest_image_load(not_images[i], &files, &p, err, sizeof(err)), INGEST_EIO);
+        assert_null(p);
+        assert_non_null(strstr(err, "not a still image"));
+    }
 }
 
 /* FFmpeg applies the allow-list to nested opens too: a local playlist whose segment is an
@@ -438,7 +451,8 @@ static void test_udp_silence_then_stop(void **state)
     ingest_stats st;
     ingest_source_stats(s, &st);
     assert_int_equal(st.pairs_produced, 0);
-    assert_int_equal(ingest_source_state(s), INGEST_STATE_CONNECTING);
+    /* never opened: after the first failed attempt it says so and retries */
+    assert_int_equal(ingest_source_state(s), INGEST_STATE_RECONNECTING);
     char last[512];
     ingest_source_last_error(s, last, sizeof(last));
     printf("silent UDP: %s\n", last);

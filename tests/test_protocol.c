@@ -937,7 +937,8 @@ static void test_builders(void **state)
     proto_timing t = {.queue_ms = 3.14159, .ttft_ms = 412.5, .total_ms = 690.2, .tokens_per_s = 32.4};
     body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "stream", "gate");
-    j = parse_frame(proto_event_done("q1", "A red car.", PROTO_FINISH_LENGTH, &u, &t, body));
+    j = parse_frame(proto_event_done("q1", "A red car.", PROTO_FINISH_LENGTH, &u, &t, NULL, body));
+    assert_null(cJSON_GetObjectItem(j, "error"));
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "ok")));
     assert_string_equal(cJSON_GetObjectItem(j, "event")->valuestring, "done");
     assert_string_equal(cJSON_GetObjectItem(j, "text")->valuestring, "A red car.");
@@ -952,6 +953,15 @@ static void test_builders(void **state)
     assert_true(cJSON_GetObjectItem(tj, "ttft_ms")->valuedouble == 412.5);
     assert_true(cJSON_GetObjectItem(tj, "total_ms")->valuedouble == 690.2);
     assert_true(cJSON_GetObjectItem(tj, "tokens_per_s")->valuedouble == 32.4);
+    cJSON_Delete(j);
+    /* an answer cut short: ok with the text so far, and the reason */
+    proto_error cut = {.code = PROTO_E_SHUTTING_DOWN};
+    snprintf(cut.message, sizeof cut.message, "stopping");
+    j = parse_frame(proto_event_done("q2", "A re", PROTO_FINISH_CANCELLED, &u, &t, &cut, NULL));
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "ok")));
+    assert_string_equal(cJSON_GetObjectItem(j, "finish_reason")->valuestring, "cancelled");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "code")->valuestring, "shutting_down");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "message")->valuestring, "stopping");
     cJSON_Delete(j);
 
     static const char *const finishes[] = {"stop", "stop_string", "length", "cancelled", "context"};

@@ -99,7 +99,7 @@ static void handle(server *s, const proto_envelope *env, const char *payload, si
         free(copy);
         proto_usage u = {.prompt_tokens = 100, .completion_tokens = n, .cached_tokens = 90};
         proto_timing t = {.queue_ms = 1, .ttft_ms = 2, .total_ms = 3, .tokens_per_s = 4};
-        send_frame(s, env, proto_event_done(req.id, text, PROTO_FINISH_STOP, &u, &t, NULL));
+        send_frame(s, env, proto_event_done(req.id, text, PROTO_FINISH_STOP, &u, &t, NULL, NULL));
         break;
     }
     default: {

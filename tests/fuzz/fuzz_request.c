@@ -182,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 check_frame(proto_event_token(req.id, p, strlen(p)));
                 proto_usage u = {1, 2, 3};
                 proto_timing t = {1, 2, 3, 4};
-                check_frame(proto_event_done(req.id, p, PROTO_FINISH_STOP, &u, &t, NULL));
+                check_frame(proto_event_done(req.id, p, PROTO_FINISH_STOP, &u, &t, NULL, NULL));
             }
             proto_request_free(&req);
             CHECK(req.op == PROTO_OP_NONE);

@@ -260,6 +260,8 @@ void *media_read_file(const char *path, size_t *len)
         buf = NULL;
     }
     fclose(f);
+    if (buf)
+        ((char *)buf)[n] = '\0';   /* text files can be used as strings */
     if (buf && len)
         *len = (size_t)n;
     return buf;

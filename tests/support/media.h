@@ -45,7 +45,7 @@ int media_color_index(const uint8_t *rgb, int h, int w);
 
 /* Writes len bytes to path. 0 or -1. */
 int media_write_file(const char *path, const void *data, size_t len);
-/* Reads a whole file (malloc'd, caller frees). NULL on error. */
+/* Reads a whole file (malloc'd, caller frees), with a NUL after its len bytes. NULL on error. */
 void *media_read_file(const char *path, size_t *len);
 
 /* Monotonic milliseconds. */

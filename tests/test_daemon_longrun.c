@@ -1,4 +1,5 @@
-/* test_daemon_longrun.c — a stream runs for more than 3x its cache cap in the real vigild:
+/* test_daemon_longrun.c — a stream runs for many times its cache cap in the real vigild (15x in
+ * make test; VIGIL_LONGRUN_CAPS=N for longer: make soak runs 400x):
  * a looping file (as fast as the model takes it) into a 1024-token context with a low position
  * limit, so that the oldest pairs are evicted and the cached keys re-rotated again and again.
  * Checked along the way: the context stays under its cap, questions keep getting answered from
@@ -15,6 +16,7 @@
 
 #include "tests/test_daemon_util.h"
 
+#define MAX_SAMPLES 200000
 static int cmp_long(const void *a, const void *b) {
     long x = *(const long *)a, y = *(const long *)b;
     return x < y ? -1 : x > y;
@@ -22,17 +24,17 @@ static int cmp_long(const void *a, const void *b) {
 
 /* Median RSS of the samples taken while pairs were in [lo, hi). */
 static long median_rss(const double *pairs, const long *rss, int n, double lo, double hi) {
-    long v[4096];
+    static long v[MAX_SAMPLES];
     int k = 0;
-    for (int i = 0; i < n && k < 4096; i++)
+    for (int i = 0; i < n && k < MAX_SAMPLES; i++)
         if (pairs[i] >= lo && pairs[i] < hi) v[k++] = rss[i];
     if (k == 0) return -1;
     qsort(v, (size_t)k, sizeof v[0], cmp_long);
     return v[k / 2];
 }
 
-static double s_pairs[20000];
-static long s_rss[20000];
+static double s_pairs[MAX_SAMPLES];
+static long s_rss[MAX_SAMPLES];
 
 static void test_long_run_flat_memory(void **state) {
     (void)state;
@@ -58,12 +60,14 @@ static void test_long_run_flat_memory(void **state) {
     /* A pair is "<t seconds>" (6-8 tokens) + 2 + 16 visual tokens: about 40 pairs fill the cap.
      * Memory is compared between 5x and 15x the cap: before that the process is still warming up
      * (allocator arenas, kernels for new batch shapes as the timestamps gain a digit at 100 s). */
-    const int cap = 1024, per_cap = 40, ref_at = 5 * per_cap, total = 15 * per_cap;
+    int caps = getenv("VIGIL_LONGRUN_CAPS") ? atoi(getenv("VIGIL_LONGRUN_CAPS")) : 15;
+    if (caps < 15) caps = 15;
+    const int cap = 1024, per_cap = 40, ref_at = 5 * per_cap, total = caps * per_cap;
     long rss_max = -1;
     int n_samples = 0;
     int queries = 0, last_q = 0;
     double pairs = 0;
-    int64_t deadline = media_now_ms() + 600000;   /* the runner's limit decides; ASan is slow */
+    int64_t deadline = media_now_ms() + 600000 + (int64_t)caps * 4000;   /* the runner's limit decides */
     while (pairs < total && media_now_ms() < deadline && td_alive(&t)) {
         cJSON *root;
         cJSON *s = td_stream_status(&t, "loop", &root);
@@ -74,7 +78,7 @@ static void test_long_run_flat_memory(void **state) {
         cJSON_Delete(root);
         long rss = td_proc_kb(t.pid, "RssAnon:");
         if (getenv("TD_TRACE_RSS")) printf("pairs %.0f anon %ld vmrss %ld\n", pairs, rss, td_rss_kb(t.pid));
-        if (pairs >= ref_at && n_samples < 20000) {
+        if (pairs >= ref_at && n_samples < MAX_SAMPLES) {
             s_pairs[n_samples] = pairs;
             s_rss[n_samples++] = rss;
             if (rss > rss_max) rss_max = rss;
@@ -106,20 +110,23 @@ static void test_long_run_flat_memory(void **state) {
     double evicted = td_num(s, "pairs_evicted"), shifts = td_num(s, "position_shifts");
     double encoded = td_num(s, "pairs_encoded");
     cJSON_Delete(root);
-    /* Memory while the pairs 5x..6x the cap went through, and while the last cap's worth did:
-     * medians, since every pair and question briefly needs a few MiB of working buffers. */
-    long rss_ref = median_rss(s_pairs, s_rss, n_samples, ref_at, ref_at + per_cap);
-    long rss_end = median_rss(s_pairs, s_rss, n_samples, total - per_cap, 1e9);
-    printf("%.0f pairs (%.1fx the cap), %.0f evicted, %.0f position shifts, %d questions; RssAnon (median) at %d-%dx "
-           "the cap %ld KiB, in the last cap %ld KiB; highest sample %ld KiB; VmRSS at the end %ld KiB\n", encoded,
-           encoded / per_cap, evicted, shifts, queries, ref_at / per_cap, ref_at / per_cap + 1, rss_ref, rss_end, rss_max,
-           td_rss_kb(t.pid));
+    /* Memory in the first and the second half of the run after 5x the cap: medians, since
+     * every pair and question briefly needs a few MiB of working buffers, and the allocator's
+     * arenas breathe by a few MiB over thousands of pairs without a trend. */
+    const int mid = (ref_at + total) / 2;
+    long rss_ref = median_rss(s_pairs, s_rss, n_samples, ref_at, mid);
+    long rss_end = median_rss(s_pairs, s_rss, n_samples, mid, 1e9);
+    printf("%.0f pairs (%.1fx the cap), %.0f evicted, %.0f position shifts, %d questions; RssAnon (median) over "
+           "%d-%dx the cap %ld KiB, over %d-%dx %ld KiB; highest sample %ld KiB; VmRSS at the end %ld KiB\n", encoded,
+           encoded / per_cap, evicted, shifts, queries, ref_at / per_cap, mid / per_cap, rss_ref, mid / per_cap,
+           total / per_cap, rss_end, rss_max, td_rss_kb(t.pid));
     assert_true(encoded >= total);
     assert_true(evicted >= encoded - per_cap - 2);
     assert_true(shifts >= 1);
     assert_true(queries >= 5);
     assert_true(rss_ref > 0 && rss_end > 0);
-    /* flat: 9 more caps' worth of pairs may not add 2 MiB (5 KiB per pair); transients stay bounded.
+    /* flat: the second half may not sit 3 MiB above the first (a leak of 1 KiB per pair shows
+     * over 6000 pairs: make soak); transients stay bounded.
      * Under ASan the sanitizer's allocator (quarantine, redzones, shadow) owns the heap, so
      * RssAnon measures it rather than the daemon: there the run checks the rest (no crash,
      * leak or error over 15 caps) and the memory bound is the normal build's to check. */
@@ -128,9 +135,9 @@ static void test_long_run_flat_memory(void **state) {
 #else
     const bool measure_memory = true;
 #endif
-    if (measure_memory && rss_end > rss_ref + 2048)
-        fail_msg("anonymous memory grew from %ld KiB to %ld KiB (medians) over %d pairs after the cap was full",
-                 rss_ref, rss_end, total - ref_at - per_cap);
+    if (measure_memory && rss_end > rss_ref + 3072)
+        fail_msg("anonymous memory grew from %ld KiB to %ld KiB (medians of the two halves of %d pairs after 5x the cap)",
+                 rss_ref, rss_end, total - ref_at);
     if (measure_memory && rss_max > rss_ref + 16384) fail_msg("an anonymous memory peak of %ld KiB (median %ld KiB)", rss_max, rss_ref);
     assert_int_equal(td_stop(&t), 0);
     td_cleanup(&t);
