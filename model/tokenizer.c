@@ -996,25 +996,38 @@ static bool json_int(const cJSON *v, long *out)
     return true;
 }
 
+/* A tokenizer.json component that may be {"type": "Sequence", "<list_key>": [...]}: each member
+ * is loaded with load (members may be Sequences again). Returns 1 when node was a Sequence (all
+ * loaded), 0 when it is a single component for the caller, -1 on error. */
+typedef int (*tok_component_loader)(tokenizer *t, const cJSON *node, char *err, size_t errlen);
+
+static int load_sequence(tokenizer *t, const cJSON *node, const char *component, const char *list_key,
+                         tok_component_loader load, char *err, size_t errlen)
+{
+    const char *type = json_str(node, "type");
+    if (!type || strcmp(type, "Sequence") != 0)
+        return 0;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(node, list_key);
+    const cJSON *it;
+    if (!cJSON_IsArray(list)) {
+        tok_seterr(err, errlen, "%s: %s.%s: expected an array", t->path, component, list_key);
+        return -1;
+    }
+    cJSON_ArrayForEach(it, list) {
+        if (load(t, it, err, errlen) != 0)
+            return -1;
+    }
+    return 1;
+}
+
 static int load_normalizer(tokenizer *t, const cJSON *nz, char *err, size_t errlen)
 {
     if (!nz || cJSON_IsNull(nz))
         return 0;
+    int seq = load_sequence(t, nz, "normalizer", "normalizers", load_normalizer, err, errlen);
+    if (seq != 0)
+        return seq < 0 ? -1 : 0;
     const char *type = json_str(nz, "type");
-    if (type && strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(nz, "normalizers");
-        const cJSON *it;
-        if (!cJSON_IsArray(list)) {
-            tok_seterr(err, errlen, "%s: normalizer.normalizers: expected an array",
-                       t->path);
-            return -1;
-        }
-        cJSON_ArrayForEach(it, list) {
-            if (load_normalizer(t, it, err, errlen) != 0)
-                return -1;
-        }
-        return 0;
-    }
     int form = 0;
     if (type && strcmp(type, "NFC") == 0)
         form = TOK_NORM_NFC;
@@ -1044,21 +1057,10 @@ static int load_pretokenizer(tokenizer *t, const cJSON *pt, char *err, size_t er
 {
     if (!pt || cJSON_IsNull(pt))
         return 0;
+    int seq = load_sequence(t, pt, "pre_tokenizer", "pretokenizers", load_pretokenizer, err, errlen);
+    if (seq != 0)
+        return seq < 0 ? -1 : 0;
     const char *type = json_str(pt, "type");
-    if (type && strcmp(type, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
-        const cJSON *it;
-        if (!cJSON_IsArray(list)) {
-            tok_seterr(err, errlen, "%s: pre_tokenizer.pretokenizers: expected an array",
-                       t->path);
-            return -1;
-        }
-        cJSON_ArrayForEach(it, list) {
-            if (load_pretokenizer(t, it, err, errlen) != 0)
-                return -1;
-        }
-        return 0;
-    }
     if (t->n_steps >= TOK_MAX_STEPS) {
         tok_seterr(err, errlen, "%s: pre_tokenizer: more than %d steps", t->path,
                    TOK_MAX_STEPS);

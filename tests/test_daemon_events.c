@@ -22,7 +22,6 @@
 
 #include "tests/test_daemon_util.h"
 
-#define DEMO_MODEL "demo/model"
 #define CLIPS "demo/clips"
 
 static td g_d;
@@ -34,19 +33,12 @@ static int setup(void **state) {
         fprintf(stderr, "%s is missing (the demo model's clips)\n", CLIPS);
         return -1;
     }
-    /* 128x128 frames: 16 visual tokens per pair, as the demo model was trained */
-    const char *extra =
-        "\"sources\": {\"allowed_protocols\": \"file,udp,rtsp,rtp,tcp\"},\n"
-        " \"stream_defaults\": {\"min_tokens_per_pair\": 4, \"max_tokens_per_pair\": 16, \"cache_tokens\": 4096},\n"
-        " \"shutdown_grace_seconds\": 2";
-    return td_start(&g_d, DEMO_MODEL, extra, NULL, NULL);
+    return td_start_demo(&g_d, "file,udp,rtsp,rtp,tcp");
 }
 
 static int teardown(void **state) {
     (void)state;
-    int rc = td_stop(&g_d);
-    td_cleanup(&g_d);
-    return rc == 0 ? 0 : -1;
+    return td_stop_and_cleanup(&g_d);
 }
 
 /* The answer text (caller frees) of a question, with optional extra request members. */

@@ -222,6 +222,19 @@ static inline int td_start(td *t, const char *model_dir, const char *extra_confi
     return -1;
 }
 
+/* The demo model (demo/model, demo/TASK.md) with what it was trained on: 128x128 frames, 16
+ * visual tokens per pair. protocols: the sources the test may add ("file,http,tcp"). */
+#define TD_DEMO_MODEL "demo/model"
+static inline int td_start_demo(td *t, const char *protocols) {
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "\"sources\": {\"allowed_protocols\": \"%s\"},\n"
+             " \"stream_defaults\": {\"min_tokens_per_pair\": 4, \"max_tokens_per_pair\": 16, \"cache_tokens\": 4096},\n"
+             " \"shutdown_grace_seconds\": 2",
+             protocols);
+    return td_start(t, TD_DEMO_MODEL, extra, NULL, NULL);
+}
+
 /* Waits for the process to exit (up to timeout_ms); returns its exit code, 128+signal, or -1. */
 static inline int td_wait_exit(td *t, int timeout_ms) {
     int64_t deadline = media_now_ms() + timeout_ms;
@@ -251,6 +264,13 @@ static inline void td_cleanup(td *t) {
     }
     if (t->dir[0]) media_rmtree(t->dir);
     t->dir[0] = 0;
+}
+
+/* SIGTERM, wait, remove the directory: 0 when vigild exited 0 (a cmocka teardown's result). */
+static inline int td_stop_and_cleanup(td *t) {
+    int rc = td_stop(t);
+    td_cleanup(t);
+    return rc == 0 ? 0 : -1;
 }
 
 /* A stream's status object (owned by *root; cJSON_Delete(*root)). */

@@ -27,25 +27,17 @@
 
 #include "tests/test_daemon_util.h"
 
-#define DEMO_MODEL "demo/model"
 
 static td g_d;
 
 static int setup(void **state) {
     (void)state;
-    /* 128x128 frames: 16 visual tokens per pair, as the demo model was trained */
-    const char *extra =
-        "\"sources\": {\"allowed_protocols\": \"file,http,tcp\"},\n"
-        " \"stream_defaults\": {\"min_tokens_per_pair\": 4, \"max_tokens_per_pair\": 16, \"cache_tokens\": 4096},\n"
-        " \"shutdown_grace_seconds\": 2";
-    return td_start(&g_d, DEMO_MODEL, extra, NULL, NULL);
+    return td_start_demo(&g_d, "file,http,tcp");
 }
 
 static int teardown(void **state) {
     (void)state;
-    int rc = td_stop(&g_d);
-    td_cleanup(&g_d);
-    return rc == 0 ? 0 : -1;
+    return td_stop_and_cleanup(&g_d);
 }
 
 /* ---- clips with known truth ------------------------------------------------------------------ */

@@ -29,6 +29,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/support/media.h"
+
 #define DEMO_MODEL "demo/model"
 #define DEMO_CLIPS "demo/clips"
 
@@ -258,9 +260,8 @@ static int setup(void **state)
         fprintf(stderr, "the demo checkpoint and clips are missing under demo/ (run from the repo root)\n");
         return -1;
     }
-    snprintf(g_dir, sizeof g_dir, "/tmp/vigil-test-demo-XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+    if (media_tmpdir(g_dir, sizeof g_dir) != 0) {
+        fprintf(stderr, "cannot make a temporary directory: %s\n", strerror(errno));
         return -1;
     }
     return 0;
@@ -269,9 +270,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    media_rmtree(g_dir);
+    return 0;
 }
 
 int main(void)

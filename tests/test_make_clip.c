@@ -27,6 +27,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/support/media.h"
+
 #define MAX_OBJ 2
 
 static char g_dir[256];  /* scratch directory, removed at the end */
@@ -1033,9 +1035,8 @@ static int setup(void **state)
         fprintf(stderr, "%s not found: build it with make %s\n", g_bin, g_bin);
         return -1;
     }
-    snprintf(g_dir, sizeof g_dir, "/tmp/vigil-test-make-clip-XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+    if (media_tmpdir(g_dir, sizeof g_dir) != 0) {
+        fprintf(stderr, "cannot make a temporary directory: %s\n", strerror(errno));
         return -1;
     }
     return 0;
@@ -1044,9 +1045,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return run_status(cmd) == 0 ? 0 : -1;
+    media_rmtree(g_dir);
+    return 0;
 }
 
 int main(void)
