@@ -752,6 +752,8 @@ static void w_shutdown_begin(vd_daemon *d) {
         if (st->src && !st->src_stopped) {
             ingest_source_stop(st->src);
             st->src_stopped = true;
+            /* pairs still queued are not encoded any more: the stream ends now */
+            if (atomic_exchange(&st->end_pending, 0)) publish_state(d, st, st->end_state, st->end_detail);
         }
     vd_log(VD_LOG_NOTICE, "worker: stopping (running answers may take %.1f s to finish)",
            d->cfg->shutdown_grace_ms / 1000.0);
