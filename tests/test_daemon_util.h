@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -191,6 +192,9 @@ static inline int td_start(td *t, const char *model_dir, const char *extra_confi
     if (t->pid < 0) return -1;
     if (t->pid == 0) {
         setpgid(0, 0);
+        /* a test that dies without running its atexit handlers (a sanitizer abort) still
+         * takes its daemon with it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(t->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 1);

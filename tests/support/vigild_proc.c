@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -162,6 +163,9 @@ vigild_proc *vigild_start(const vigild_opts *opts, char *err, size_t errlen)
     }
     if (p->pid == 0) {
         setpgid(0, 0);
+        /* a test that dies without running its atexit handlers (a sanitizer abort) still
+         * takes its daemon with it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int dn = open("/dev/null", O_RDONLY);
         if (fd >= 0) {
