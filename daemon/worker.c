@@ -472,23 +472,30 @@ static void step_until_done_cancelled(vd_daemon *d, vd_stream *st, vd_job *job, 
     while (!step_query(d, st, job, ctx, q, cut)) {}
 }
 
-static void start_next_query(vd_daemon *d, vd_stream *st) {
+/* Takes the next job of a queue (a stream's questions, or the images) and marks it started; a
+ * job cancelled while it waited gets its "cancelled" reply here and the next one is taken.
+ * NULL when the queue is empty. */
+static vd_job *take_next_job(vd_daemon *d, vd_job **head, vd_job **tail) {
     for (;;) {
         pthread_mutex_lock(&d->mu);
-        vd_job *job = st->q_head;
+        vd_job *job = *head;
         if (job) {
-            st->q_head = job->next;
-            if (!st->q_head) st->q_tail = NULL;
+            *head = job->next;
+            if (!*head) *tail = NULL;
             job->next = NULL;
         }
         pthread_mutex_unlock(&d->mu);
-        if (!job) return;
+        if (!job) return NULL;
         job->started = true;
         job->t_started = vd_now_s();
-        if (atomic_load(&job->cancel)) {
-            job_fail(d, job, PROTO_E_CANCELLED, "cancelled before it started");
-            continue;
-        }
+        if (!atomic_load(&job->cancel)) return job;
+        job_fail(d, job, PROTO_E_CANCELLED, "cancelled before it started");
+    }
+}
+
+static void start_next_query(vd_daemon *d, vd_stream *st) {
+    vd_job *job;
+    while ((job = take_next_job(d, &st->q_head, &st->q_tail))) {
         if (job->kind == VD_JOB_WATCH && vd_sctx_segment_count(st->ctx) == 0) {
             job->skipped = true;   /* nothing to look at yet: no evaluation */
             job_fail(d, job, PROTO_OK, "no frames yet");
@@ -505,21 +512,8 @@ static void start_next_query(vd_daemon *d, vd_stream *st) {
 /* ---- images ------------------------------------------------------------------------------------- */
 
 static void start_next_image(vd_daemon *d) {
-    pthread_mutex_lock(&d->mu);
-    vd_job *job = d->img_head;
-    if (job) {
-        d->img_head = job->next;
-        if (!d->img_head) d->img_tail = NULL;
-        job->next = NULL;
-    }
-    pthread_mutex_unlock(&d->mu);
+    vd_job *job = take_next_job(d, &d->img_head, &d->img_tail);
     if (!job) return;
-    job->started = true;
-    job->t_started = vd_now_s();
-    if (atomic_load(&job->cancel)) {
-        job_fail(d, job, PROTO_E_CANCELLED, "cancelled before it started");
-        return;
-    }
     const vd_config *cfg = d->cfg;
     ingest_options io;
     ingest_options_init(&io);

@@ -357,24 +357,31 @@ static cJSON *recv_final(proto_client *c, const char *id, int *tokens, cJSON **o
     }
 }
 
-static void test_cancel(void **state) {
-    (void)state;
+/* Sends a long question on a new client and returns once `tokens` token frames of its answer
+ * have arrived (the answer is running); fails if the answer ends before. */
+static proto_client *start_long_answer(const char *query, int tokens) {
     char e[256];
     proto_client *c = proto_client_connect(g_d.ep, NULL, e, sizeof e);
-    const char *q = "{\"id\":\"long\",\"op\":\"query\",\"stream\":\"cam1\",\"prompt\":\"Tell a long story.\",\"max_tokens\":4000}";
-    assert_int_equal(proto_client_send(c, q, strlen(q), 5000, e, sizeof e), 0);
-    /* wait for a few tokens */
-    int tokens = 0;
-    while (tokens < 3) {
+    assert_non_null(c);
+    assert_int_equal(proto_client_send(c, query, strlen(query), 5000, e, sizeof e), 0);
+    for (int seen = 0; seen < tokens;) {
         char *json = NULL;
         size_t len;
         assert_int_equal(proto_client_recv(c, 60000, &json, &len, e, sizeof e), 0);
         cJSON *f = cJSON_Parse(json);
         free(json);
-        if (f && strcmp(td_str(f, "event") ? td_str(f, "event") : "", "token") == 0) tokens++;
+        if (f && strcmp(td_str(f, "event") ? td_str(f, "event") : "", "token") == 0) seen++;
         else if (f && cJSON_GetObjectItemCaseSensitive(f, "ok")) fail_msg("the long answer ended early");
         cJSON_Delete(f);
     }
+    return c;
+}
+
+static void test_cancel(void **state) {
+    (void)state;
+    char e[256];
+    proto_client *c = start_long_answer(
+        "{\"id\":\"long\",\"op\":\"query\",\"stream\":\"cam1\",\"prompt\":\"Tell a long story.\",\"max_tokens\":4000}", 3);
     /* a second question on the same stream waits behind it; cancel it while queued */
     const char *q2 = "{\"id\":\"queued\",\"op\":\"query\",\"stream\":\"cam1\",\"prompt\":\"x\",\"max_tokens\":5}";
     assert_int_equal(proto_client_send(c, q2, strlen(q2), 5000, e, sizeof e), 0);
@@ -523,20 +530,8 @@ static void test_streams_limit_and_remove(void **state) {
     expect_error(j, "limit_exceeded");
     /* a question runs on cam4 (a looping file: pairs keep arriving during the answer) ... */
     assert_true(td_wait_pairs(&g_d, "cam4", 2, 60000));
-    char e[256];
-    proto_client *c = proto_client_connect(g_d.ep, NULL, e, sizeof e);
-    const char *q = "{\"id\":\"r1\",\"op\":\"query\",\"stream\":\"cam4\",\"prompt\":\"Keep going.\",\"max_tokens\":4000}";
-    assert_int_equal(proto_client_send(c, q, strlen(q), 5000, e, sizeof e), 0);
-    int tokens = 0;
-    while (tokens < 2) {
-        char *json = NULL;
-        size_t len;
-        assert_int_equal(proto_client_recv(c, 60000, &json, &len, e, sizeof e), 0);
-        cJSON *f = cJSON_Parse(json);
-        free(json);
-        if (f && !cJSON_GetObjectItemCaseSensitive(f, "ok")) tokens++;
-        cJSON_Delete(f);
-    }
+    proto_client *c = start_long_answer(
+        "{\"id\":\"r1\",\"op\":\"query\",\"stream\":\"cam4\",\"prompt\":\"Keep going.\",\"max_tokens\":4000}", 2);
     /* ... when the stream is removed: the answer ends "cancelled", the remove succeeds */
     cJSON *r = td_call(&g_d, "{\"id\":\"rm\",\"op\":\"stream.remove\",\"stream\":\"cam4\"}", 30000);
     assert_true(td_ok(r));
